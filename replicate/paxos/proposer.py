@@ -1,0 +1,150 @@
+"""The proposer's phase-2 state for one leadership: recovery, batching, the window, quorums.
+
+A ``Leadership`` exists while a replica leads under one ballot (after phase 1 succeeded). It
+assigns slots to values in arrival order, groups consecutive slots into batches (one ``Accept``,
+so one acceptor transaction, per batch), keeps at most ``window`` batches in flight (sent, not
+yet accepted by a majority), counts ``Accepted`` replies per batch, and advances the commit
+index over the contiguous prefix of batches a majority accepted under its ballot.
+
+A chosen batch is handed to the learner only once some acceptor confirmed that it *marked* the
+batch chosen (an ``Accepted`` or ``Committed`` reply whose ``commit_upto`` covers the batch,
+from an acceptor that accepted the batch under this ballot). So whatever a replica delivers can
+be fetched from some acceptor later, and a future leader need not re-propose it.
+
+``recover`` is phase-1 recovery: per slot, the value with the highest accepted ballot among the
+promises, and the no-op in holes.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Iterable
+
+from replicate.paxos.ballot import Ballot
+from replicate.paxos.messages import NOOP, Promise, Value
+
+
+class Batch:
+    """Consecutive slots ``first_slot..last_slot`` proposed in one ``Accept``."""
+
+    __slots__ = ("first_slot", "values", "acks", "chosen", "marked")
+
+    def __init__(self, first_slot: int, values: tuple[Value, ...]) -> None:
+        self.first_slot = first_slot
+        self.values = values
+        self.acks: set[int] = set()  # acceptors that accepted the batch under our ballot
+        self.chosen = False          # a majority accepted it under our ballot
+        self.marked = False          # some acceptor confirmed it marked the batch chosen
+
+    @property
+    def last_slot(self) -> int:
+        return self.first_slot + len(self.values) - 1
+
+
+def recover(promises: Iterable[Promise], from_slot: int) -> list[Value]:
+    """Phase-1 recovery: the values to re-propose in slots ``from_slot, from_slot + 1, ...``.
+
+    Per slot, the value accepted under the highest ballot in any promise; the no-op where no
+    promise reports a value below the highest reported slot.
+    """
+    best: dict[int, tuple[Ballot, Value]] = {}
+    for p in promises:
+        for e in p.accepted:
+            if e.slot < from_slot:
+                continue
+            cur = best.get(e.slot)
+            if cur is None or e.ballot > cur[0]:
+                best[e.slot] = (e.ballot, e.value)
+    if not best:
+        return []
+    top = max(best)
+    return [best[s][1] if s in best else NOOP for s in range(from_slot, top + 1)]
+
+
+class Leadership:
+    """Phase-2 state of one leader under one ballot."""
+
+    def __init__(self, ballot: Ballot, n_acceptors: int, commit_upto: int, *,
+                 window: int, max_batch: int) -> None:
+        if window < 1 or max_batch < 1:
+            raise ValueError("window and max_batch must be >= 1")
+        self.ballot = ballot
+        self.n_acceptors = n_acceptors
+        self.quorum = n_acceptors // 2 + 1
+        self.window = window
+        self.max_batch = max_batch
+        self.next_slot = commit_upto + 1
+        self.commit_upto = commit_upto       # every slot <= this is chosen
+        self.sent_commit = commit_upto       # highest commit_upto sent to acceptors
+        self.batches: dict[int, Batch] = {}  # by first_slot, ascending (insertion order)
+        self.queue: deque[Value] = deque()
+        self._ids: set[str] = set()          # request ids queued or proposed in this leadership
+        self._in_flight = 0
+
+    # -- proposals
+    def enqueue(self, value: Value, *, force: bool = False) -> bool:
+        """Queue a value for the next free slot. Without ``force``, a request id already
+        queued or proposed by this leadership is ignored (returns False)."""
+        if not value.is_noop:
+            if not force and value.request_id in self._ids:
+                return False
+            self._ids.add(value.request_id)
+        self.queue.append(value)
+        return True
+
+    def in_flight(self) -> int:
+        """Batches sent and not yet accepted by a majority."""
+        return self._in_flight
+
+    def next_batches(self) -> list[Batch]:
+        """Cut new batches from the queue while the window has room."""
+        out: list[Batch] = []
+        q = self.queue
+        while q and self._in_flight < self.window:
+            n = min(len(q), self.max_batch)
+            batch = Batch(self.next_slot, tuple(q.popleft() for _ in range(n)))
+            self.next_slot += n
+            self.batches[batch.first_slot] = batch
+            self._in_flight += 1
+            out.append(batch)
+        return out
+
+    def unchosen(self) -> list[Batch]:
+        return [b for b in self.batches.values() if not b.chosen]
+
+    # -- replies
+    def is_chosen(self, batch: Batch) -> bool:
+        """A batch is chosen once a majority of acceptors accepted it under our ballot."""
+        return len(batch.acks) >= self.quorum
+
+    def on_accepted(self, acceptor: int, first_slot: int, last_slot: int,
+                    commit_upto: int) -> None:
+        batch = self.batches.get(first_slot)
+        if batch is not None and batch.last_slot == last_slot:
+            batch.acks.add(acceptor)
+            if not batch.chosen and self.is_chosen(batch):
+                batch.chosen = True
+                self._in_flight -= 1
+                self._advance_commit()
+        self.on_committed(acceptor, commit_upto)
+
+    def on_committed(self, acceptor: int, commit_upto: int) -> None:
+        """``acceptor`` marked chosen every slot <= commit_upto it holds under our ballot."""
+        for b in self.batches.values():
+            if b.last_slot > commit_upto:
+                break
+            if b.chosen and acceptor in b.acks:
+                b.marked = True
+
+    def _advance_commit(self) -> None:
+        nxt = self.batches.get(self.commit_upto + 1)
+        while nxt is not None and nxt.chosen:
+            self.commit_upto = nxt.last_slot
+            nxt = self.batches.get(self.commit_upto + 1)
+
+    def take_marked(self) -> list[Batch]:
+        """Remove and return the chosen batches an acceptor confirmed marked, ascending."""
+        done = [b for b in self.batches.values() if b.marked]
+        for b in done:
+            del self.batches[b.first_slot]
+        return done

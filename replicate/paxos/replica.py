@@ -1,0 +1,348 @@
+"""The replica (one per proxy): proposer, leader, learner and election in one node object.
+
+Drive it like etcd's ``RawNode``: feed it ``step(envelope)``, ``tick()`` and ``propose(value)``;
+then ``ready()`` says what to do, in this order, and ``advance(ready)`` acknowledges it:
+
+1. persist ``ready.hard_state`` (if not None) durably;
+2. send ``ready.messages``;
+3. apply ``ready.chosen`` (the next chosen slots, in order, each once), deduplicating by
+   request id (the same request may be chosen in two slots after a client retried).
+
+A replica is a follower, a candidate (phase 1 running) or the leader (phase 2). Followers
+forward proposals to the leader they know (``ProposeOutcome.FORWARDED``); without a known
+leader a proposal is dropped (``DROPPED``) and the client retries with the same request id.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from replicate.paxos.ballot import Ballot
+from replicate.paxos.learner import Learner
+from replicate.paxos.messages import (
+    Accept, Accepted, Addr, ChosenEntry, Commit, Committed, Envelope, Fetch, Fetched, Forward,
+    Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor, replica,
+)
+from replicate.paxos.proposer import Leadership, recover
+
+
+class Rng(Protocol):
+    """What the replica needs from the random number generator it is given."""
+
+    def randrange(self, start: int, stop: int) -> int: ...
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+class ProposeOutcome(enum.Enum):
+    PROPOSED = "proposed"    # this replica leads (or is campaigning) and queued the value
+    FORWARDED = "forwarded"  # sent to the leader this replica knows
+    DROPPED = "dropped"      # no leader known: the client must retry
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """What a replica must persist: the highest ballot round it has used.
+
+    A restarted replica starts above it, so it never reuses a ballot (with other values)."""
+
+    round: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Replica parameters; every duration is in ticks."""
+
+    n: int                      # number of acceptors (= number of replicas)
+    heartbeat_ticks: int = 3    # leader: heartbeat, commit and retransmit period
+    election_ticks: int = 10    # follower timeout is uniform in [election_ticks, 2*election_ticks)
+    window: int = 4             # batches in flight (sent, not yet accepted by a majority)
+    max_batch: int = 16         # values per Accept
+    fetch_ticks: int = 2        # learner: period of Fetch while lagging
+    fetch_limit: int = 64       # entries per Fetch
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError("n must be >= 1")
+        if min(self.heartbeat_ticks, self.election_ticks, self.window, self.max_batch,
+               self.fetch_ticks, self.fetch_limit) < 1:
+            raise ValueError("every Config parameter must be >= 1")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ValueError("election_ticks must exceed heartbeat_ticks")
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """What the runtime must do now: persist, then send, then apply."""
+
+    hard_state: HardState | None
+    messages: tuple[Envelope, ...]
+    chosen: tuple[ChosenEntry, ...]
+
+    @property
+    def empty(self) -> bool:
+        return self.hard_state is None and not self.messages and not self.chosen
+
+
+class Replica:
+    """One proxy's Paxos node: see the module docstring for how to drive it."""
+
+    leadership_class = Leadership
+
+    def __init__(self, id: int, config: Config, rng: Rng, *,
+                 hard_state: HardState = HardState(), delivered_upto: int = 0) -> None:
+        if not 0 <= id < config.n:
+            raise ValueError(f"replica id {id} outside 0..{config.n - 1}")
+        self.id = id
+        self.addr = replica(id)
+        self.config = config
+        self._rng = rng
+        self._quorum = config.n // 2 + 1
+        self._max_round = hard_state.round  # highest round used (persisted) or seen
+        self.role = Role.FOLLOWER
+        self.ballot = Ballot(0, id)          # our current (or last) ballot
+        self.leader: int | None = None       # the leader we know of
+        self._leader_ballot = Ballot(0, 0)   # highest ballot we followed
+        self.learner = Learner(delivered_upto)
+        self._promises: dict[int, Promise] = {}
+        self._from_slot = 1
+        self._waiting: list[Value] = []      # proposals received while campaigning
+        self.lead: Leadership | None = None
+        self._elapsed = 0
+        self._timeout = self._random_timeout()
+        self._hb_elapsed = 0
+        self._fetch_elapsed = 0
+        self._fetch_next = id
+        # output buffers
+        self._hard: HardState | None = None
+        self._out: list[Envelope] = []
+        self._chosen: list[ChosenEntry] = []
+
+    # ------------------------------------------------------------------ driving API
+    def ready(self) -> Ready:
+        return Ready(self._hard, tuple(self._out), tuple(self._chosen))
+
+    def has_ready(self) -> bool:
+        return self._hard is not None or bool(self._out) or bool(self._chosen)
+
+    def advance(self, ready: Ready) -> None:
+        if ready.hard_state is not None and self._hard == ready.hard_state:
+            self._hard = None
+        del self._out[:len(ready.messages)]
+        del self._chosen[:len(ready.chosen)]
+
+    def tick(self) -> None:
+        """One unit of time passed."""
+        if self.role is Role.LEADER:
+            self._hb_elapsed += 1
+            if self._hb_elapsed >= self.config.heartbeat_ticks:
+                self._hb_elapsed = 0
+                self._heartbeat()
+        else:
+            self._elapsed += 1
+            if self._elapsed >= self._timeout:
+                self.campaign()
+        if self.learner.lagging():
+            self._fetch_elapsed += 1
+            if self._fetch_elapsed >= self.config.fetch_ticks:
+                self._fetch_elapsed = 0
+                self._send(acceptor(self._fetch_next),
+                           Fetch(self.learner.known_upto() + 1, self.config.fetch_limit))
+                self._fetch_next = (self._fetch_next + 1) % self.config.n
+
+    def propose(self, value: Value) -> ProposeOutcome:
+        """A client asks to append ``value``; see ``ProposeOutcome``."""
+        if value.is_noop:
+            raise ValueError("clients cannot propose the no-op")
+        if self.role is Role.LEADER:
+            assert self.lead is not None
+            self.lead.enqueue(value)
+            self._pump()
+            return ProposeOutcome.PROPOSED
+        if self.role is Role.CANDIDATE:
+            self._waiting.append(value)
+            return ProposeOutcome.PROPOSED
+        if self.leader is not None and self.leader != self.id:
+            self._send(replica(self.leader), Forward(value))
+            return ProposeOutcome.FORWARDED
+        return ProposeOutcome.DROPPED
+
+    def campaign(self) -> None:
+        """Start phase 1 with a ballot above every ballot seen or used."""
+        rnd = self._next_round()
+        self._max_round = max(self._max_round, rnd)
+        self._hard = HardState(self._max_round)
+        if self.lead is not None:
+            self._waiting.extend(self.lead.queue)
+        self.lead = None
+        self.role = Role.CANDIDATE
+        self.ballot = Ballot(rnd, self.id)
+        self._promises = {}
+        self._from_slot = self.learner.known_upto() + 1
+        self._reset_election_timer()
+        msg = Prepare(self.ballot, self._from_slot)
+        for j in range(self.config.n):
+            self._send(acceptor(j), msg)
+
+    def step(self, env: Envelope) -> None:
+        """Receive one message."""
+        msg = env.msg
+        src = env.src.id
+        if isinstance(msg, Accepted):
+            self._on_accepted(src, msg)
+        elif isinstance(msg, Committed):
+            if self.lead is not None and msg.ballot == self.ballot:
+                self.lead.on_committed(src, msg.commit_upto)
+                self._learn_marked()
+        elif isinstance(msg, Heartbeat):
+            self._on_heartbeat(src, msg)
+        elif isinstance(msg, Fetched):
+            for e in msg.entries:
+                self.learner.learn(e.slot, e.value)
+        elif isinstance(msg, Promise):
+            self._on_promise(src, msg)
+        elif isinstance(msg, Nack):
+            self._observe(msg.promised)
+            if self.role is not Role.FOLLOWER and msg.ballot == self.ballot \
+                    and msg.promised > self.ballot:
+                self._step_down()
+        elif isinstance(msg, Forward):
+            if self.role is not Role.FOLLOWER:
+                self.propose(msg.value)
+        elif isinstance(msg, (Prepare, Accept, Commit, Fetch)):
+            raise TypeError(f"replica {self.id} got an acceptor request: {msg!r}")
+        self._deliver()
+
+    @property
+    def delivered_upto(self) -> int:
+        return self.learner.delivered_upto
+
+    # ------------------------------------------------------------------ election
+    def _next_round(self) -> int:
+        return self._max_round + 1
+
+    def _random_timeout(self) -> int:
+        e = self.config.election_ticks
+        return self._rng.randrange(e, 2 * e)
+
+    def _reset_election_timer(self) -> None:
+        self._elapsed = 0
+        self._timeout = self._random_timeout()
+
+    def _observe(self, ballot: Ballot) -> None:
+        if ballot.round > self._max_round:
+            self._max_round = ballot.round
+
+    def _step_down(self) -> None:
+        self.role = Role.FOLLOWER
+        self.lead = None
+        self._promises = {}
+        self._waiting = []
+        if self.leader == self.id:
+            self.leader = None
+        self._reset_election_timer()
+
+    def _on_heartbeat(self, src: int, msg: Heartbeat) -> None:
+        self._observe(msg.ballot)
+        if self.role is not Role.FOLLOWER and msg.ballot > self.ballot:
+            self._step_down()
+        if msg.ballot >= self._leader_ballot and self.role is Role.FOLLOWER:
+            self._leader_ballot = msg.ballot
+            self.leader = src
+            self._reset_election_timer()
+        self.learner.hint(msg.commit_upto)
+
+    def _on_promise(self, src: int, msg: Promise) -> None:
+        self._observe(msg.ballot)
+        for e in msg.accepted:
+            if e.chosen:
+                self.learner.learn(e.slot, e.value)
+        if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
+            return
+        self._promises[src] = msg
+        if len(self._promises) >= self._quorum:
+            self._become_leader()
+
+    def _recover(self, promises: list[Promise], from_slot: int) -> list[Value]:
+        return recover(promises, from_slot)
+
+    def _become_leader(self) -> None:
+        self.role = Role.LEADER
+        self.leader = self.id
+        self._leader_ballot = self.ballot
+        lead = self.leadership_class(self.ballot, self.config.n, self._from_slot - 1,
+                                     window=self.config.window, max_batch=self.config.max_batch)
+        for v in self._recover(list(self._promises.values()), self._from_slot):
+            lead.enqueue(v, force=True)
+        for v in self._waiting:
+            lead.enqueue(v)
+        self._waiting = []
+        self._promises = {}
+        self.lead = lead
+        self._hb_elapsed = 0
+        hb = Heartbeat(self.ballot, self.learner.delivered_upto)
+        for i in range(self.config.n):
+            if i != self.id:
+                self._send(replica(i), hb)
+        self._pump()
+
+    # ------------------------------------------------------------------ phase 2
+    def _pump(self) -> None:
+        """Send new batches while the window allows; push the commit index if nothing carries it."""
+        lead = self.lead
+        assert lead is not None
+        batches = lead.next_batches()
+        for b in batches:
+            lead.sent_commit = lead.commit_upto
+            msg = Accept(self.ballot, b.first_slot, b.values, lead.commit_upto)
+            for j in range(self.config.n):
+                self._send(acceptor(j), msg)
+        if not batches and lead.commit_upto > lead.sent_commit:
+            lead.sent_commit = lead.commit_upto
+            msg = Commit(self.ballot, lead.commit_upto)
+            for j in range(self.config.n):
+                self._send(acceptor(j), msg)
+
+    def _on_accepted(self, src: int, msg: Accepted) -> None:
+        if self.lead is None or msg.ballot != self.ballot:
+            return
+        self.lead.on_accepted(src, msg.first_slot, msg.last_slot, msg.commit_upto)
+        self._learn_marked()
+        self._pump()
+
+    def _learn_marked(self) -> None:
+        assert self.lead is not None
+        for b in self.lead.take_marked():
+            for i, v in enumerate(b.values):
+                self.learner.learn(b.first_slot + i, v)
+
+    def _heartbeat(self) -> None:
+        lead = self.lead
+        assert lead is not None
+        hb = Heartbeat(self.ballot, self.learner.delivered_upto)
+        for i in range(self.config.n):
+            if i != self.id:
+                self._send(replica(i), hb)
+        lead.sent_commit = lead.commit_upto
+        commit = Commit(self.ballot, lead.commit_upto)
+        for j in range(self.config.n):
+            self._send(acceptor(j), commit)
+        for b in lead.unchosen():  # retransmit what a majority has not accepted yet
+            msg = Accept(self.ballot, b.first_slot, b.values, lead.commit_upto)
+            for j in range(self.config.n):
+                if j not in b.acks:
+                    self._send(acceptor(j), msg)
+
+    # ------------------------------------------------------------------ output
+    def _send(self, dst: Addr, msg: Message) -> None:
+        self._out.append(Envelope(self.addr, dst, msg))
+
+    def _deliver(self) -> None:
+        if self.learner._buffer:
+            self._chosen.extend(self.learner.take())
