@@ -1,0 +1,180 @@
+"""The ``replicate`` command line: thin typer commands, rich rendering.
+
+Each command parses its options, calls one function of the library, and
+renders the result (a rich table for people, ``--json`` for machines).
+Errors go to stderr with their SQLSTATE; exit codes: 0 success, 1 the
+operation failed, 2 bad usage.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from psycopg.conninfo import conninfo_to_dict
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from replicate.cluster import LocalCluster
+from replicate.errors import ReplicateError
+
+app = typer.Typer(
+    name="replicate",
+    help="Keep PostgreSQL tables identical across several PostgreSQL servers "
+         "through a Multi-Paxos log.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+DEFAULT_DIR = Path("replicate-cluster")
+
+DirOption = Annotated[Path, typer.Option("--dir", help="Directory of the local cluster.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
+def run(action: Callable[[], Any]) -> Any:
+    """Call ``action``; turn a ReplicateError into a message on stderr and exit code 1."""
+    try:
+        return action()
+    except ReplicateError as exc:
+        err.print(f"[bold red]error[/] [dim]({exc.sqlstate})[/]: {exc.message}", highlight=False)
+        if exc.detail:
+            err.print(f"[dim]detail:[/] {exc.detail}", highlight=False)
+        if exc.hint:
+            err.print(f"[dim]hint:[/] {exc.hint}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+# -- local cluster -----------------------------------------------------------
+
+
+def _nodes_report(cluster: LocalCluster) -> list[dict[str, Any]]:
+    report = []
+    for local, conf in zip(cluster.nodes, cluster.config.nodes):
+        report.append({"name": local.name, "status": local.status(), "pid": local.pid(),
+                       "dsn": conf.dsn, "proxy": conf.proxy, "data_dir": str(local.root)})
+    return report
+
+
+def _dsn_address(dsn: str) -> str:
+    parts = conninfo_to_dict(dsn)
+    return f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
+
+
+def _nodes_table(cluster: LocalCluster) -> Table:
+    table = Table(title=f"replicate cluster [bold]{cluster.config.name}[/] "
+                        f"[dim]({cluster.config_path})[/]", title_justify="left")
+    for column in ("node", "status", "pid", "postgres", "proxy", "data"):
+        table.add_column(column)
+    colours = {"running": "green", "paused": "yellow", "stopped": "red"}
+    for row in _nodes_report(cluster):
+        table.add_row(row["name"], f"[{colours[row['status']]}]{row['status']}[/]",
+                      str(row["pid"] or "-"), _dsn_address(row["dsn"]), row["proxy"],
+                      row["data_dir"])
+    return table
+
+
+def bring_up(directory: Path, nodes: Optional[int], base_port: Optional[int]) -> tuple[LocalCluster, bool, list[str], float]:
+    """Create the cluster in ``directory`` if needed, then start whatever is not running."""
+    started_at = time.monotonic()
+    created = not LocalCluster.exists_in(directory)
+    if created:
+        cluster = LocalCluster.create(directory, nodes=nodes or 3, base_port=base_port)
+    else:
+        cluster = LocalCluster.open(directory)
+        if nodes is not None and nodes != len(cluster.nodes):
+            raise ReplicateError(
+                f"{directory} already holds a cluster of {len(cluster.nodes)} nodes, not {nodes}",
+                hint="leave out --nodes to restart it, or choose another --dir",
+                sqlstate="F0000")
+    started = cluster.start()
+    return cluster, created, started, time.monotonic() - started_at
+
+
+@app.command()
+def up(
+    nodes: Annotated[Optional[int], typer.Option("--nodes", "-n", min=1, max=32,
+                                                 help="Number of nodes (default 3).")] = None,
+    directory: DirOption = DEFAULT_DIR,
+    base_port: Annotated[Optional[int], typer.Option(
+        "--base-port", min=1, max=65535,
+        help="Proxies listen on P..P+N-1, PostgreSQL on P+N..P+2N-1 (default: first free range "
+             "from 15432).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Start and return; stop later with `replicate down`.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Start a local cluster of PostgreSQL nodes (creating it on first use).
+
+    Run again on an existing --dir, it restarts whatever is not running.
+    """
+    if not detach:
+        def terminate(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, terminate)
+    try:
+        cluster, created, started, seconds = run(lambda: bring_up(directory, nodes, base_port))
+        if as_json:
+            print(json.dumps({"config": str(cluster.config_path), "created": created,
+                              "started": started, "seconds": round(seconds, 3),
+                              "nodes": _nodes_report(cluster)}, indent=2), flush=True)
+        else:
+            verb = "created and started" if created else (
+                f"restarted {', '.join(started)}" if started else "already running")
+            out.print(f"[bold]{len(cluster.nodes)} nodes {verb}[/] in {seconds:.1f} s; "
+                      f"configuration: {cluster.config_path}")
+        if detach:
+            if not as_json:
+                out.print(_nodes_table(cluster))
+                out.print(f"stop with: [bold]replicate down --dir {directory}[/]")
+            return
+        with Live(_nodes_table(cluster), console=out, refresh_per_second=2) as live:
+            out.print("[dim]Ctrl-C stops the cluster[/]")
+            while True:
+                time.sleep(1)
+                live.update(_nodes_table(cluster))
+    except KeyboardInterrupt:
+        if detach or not LocalCluster.exists_in(directory):
+            raise
+        out.print("stopping ...")
+        run(lambda: LocalCluster.open(directory).stop())
+        out.print("[bold]cluster stopped[/]")
+
+
+@app.command()
+def down(
+    directory: DirOption = DEFAULT_DIR,
+    immediate: Annotated[bool, typer.Option("--immediate",
+                                            help="Stop without a clean shutdown.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Stop every process that `replicate up` started in --dir (data is kept)."""
+
+    def stop() -> LocalCluster:
+        cluster = LocalCluster.open(directory)
+        cluster.stop(mode="immediate" if immediate else "fast")
+        return cluster
+
+    cluster = run(stop)
+    if as_json:
+        print(json.dumps({"nodes": _nodes_report(cluster)}, indent=2))
+    else:
+        out.print(_nodes_table(cluster))
+
+
+def main() -> None:  # pragma: no cover - entry point for `python -m replicate`
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,210 @@
+"""The cluster configuration file, ``cluster.toml``.
+
+Every command reads it (``--config FILE``, default ``./cluster.toml``).
+``replicate up`` writes one for the local cluster it starts; operators write
+the same file by hand for servers they run themselves::
+
+    [cluster]
+    name = "prod"
+    read_consistency = "linearizable"   # local | session | linearizable
+
+    [[nodes]]
+    name = "n1"
+    dsn = "host=10.0.0.1 port=5432 dbname=app user=replicate"
+    proxy = "10.0.0.1:6432"
+
+    [[nodes]]
+    ...
+
+Per node, ``data_dir`` is set only for nodes that ``replicate up`` manages
+itself (a local PostgreSQL data directory).
+
+Parsing is strict: unknown keys, duplicate names, bad addresses and
+malformed DSNs are errors that say where they are, because a typo in a
+replication config should never be silently ignored.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg.conninfo
+import tomli_w
+
+from replicate.errors import ConfigError
+
+READ_CONSISTENCIES = ("local", "session", "linearizable")
+DEFAULT_CONFIG = Path("cluster.toml")
+
+_CLUSTER_KEYS = {"name", "read_consistency", "connect_timeout_s"}
+_NODE_KEYS = {"name", "dsn", "proxy", "data_dir"}
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """One PostgreSQL server and the proxy that sits in front of it."""
+
+    name: str
+    dsn: str
+    proxy: str
+    data_dir: Path | None = None
+
+    @property
+    def proxy_host(self) -> str:
+        return split_address(self.proxy)[0]
+
+    @property
+    def proxy_port(self) -> int:
+        return split_address(self.proxy)[1]
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    """The whole cluster: its settings and its nodes, in file order."""
+
+    nodes: tuple[NodeConfig, ...]
+    name: str = "replicate"
+    read_consistency: str = "linearizable"
+    connect_timeout_s: float = 5.0
+    path: Path | None = field(default=None, compare=False)
+
+    def node(self, name: str) -> NodeConfig:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        known = ", ".join(n.name for n in self.nodes)
+        raise ConfigError(f"no node named {name!r} in the cluster configuration",
+                          hint=f"known nodes: {known}")
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split ``host:port`` (or ``[v6]:port``) into its parts, validating the port."""
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"address {address!r} is not of the form host:port")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"address {address!r} has a port that is not a number") from None
+    if not 0 < port < 65536:
+        raise ConfigError(f"address {address!r} has a port outside 1..65535")
+    return host, port
+
+
+def _check_keys(table: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}",
+                          hint=f"allowed keys: {', '.join(sorted(allowed))}")
+
+
+def _string(table: dict[str, Any], key: str, where: str) -> str:
+    value = table.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: '{key}' must be a non-empty string")
+    return value
+
+
+def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterConfig:
+    """Validate an already-parsed TOML document and build a ClusterConfig."""
+    _check_keys(data, {"cluster", "nodes"}, "top level")
+    cluster = data.get("cluster", {})
+    if not isinstance(cluster, dict):
+        raise ConfigError("[cluster] must be a table")
+    _check_keys(cluster, _CLUSTER_KEYS, "[cluster]")
+
+    read_consistency = cluster.get("read_consistency", "linearizable")
+    if read_consistency not in READ_CONSISTENCIES:
+        raise ConfigError(f"[cluster]: read_consistency {read_consistency!r} is not one of "
+                          + ", ".join(READ_CONSISTENCIES))
+    timeout = cluster.get("connect_timeout_s", 5.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise ConfigError("[cluster]: connect_timeout_s must be a positive number")
+    name = cluster.get("name", "replicate")
+    if not isinstance(name, str) or not name:
+        raise ConfigError("[cluster]: name must be a non-empty string")
+
+    raw_nodes = data.get("nodes")
+    if not isinstance(raw_nodes, list) or not raw_nodes:
+        raise ConfigError("the configuration has no [[nodes]]",
+                          hint="add one [[nodes]] table per PostgreSQL server, "
+                               "each with name, dsn and proxy")
+    nodes: list[NodeConfig] = []
+    for index, raw in enumerate(raw_nodes, start=1):
+        where = f"[[nodes]] #{index}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where} must be a table")
+        _check_keys(raw, _NODE_KEYS, where)
+        node_name = _string(raw, "name", where)
+        where = f"node {node_name!r}"
+        dsn = _string(raw, "dsn", where)
+        try:
+            psycopg.conninfo.conninfo_to_dict(dsn)
+        except psycopg.ProgrammingError as exc:
+            raise ConfigError(f"{where}: dsn is not a valid libpq connection string: {exc}") from None
+        proxy = _string(raw, "proxy", where)
+        split_address(proxy)
+        data_dir = raw.get("data_dir")
+        if data_dir is not None and not isinstance(data_dir, str):
+            raise ConfigError(f"{where}: data_dir must be a string")
+        nodes.append(NodeConfig(node_name, dsn, proxy, Path(data_dir) if data_dir else None))
+
+    seen: set[str] = set()
+    for node in nodes:
+        if node.name in seen:
+            raise ConfigError(f"node name {node.name!r} appears twice")
+        seen.add(node.name)
+    proxies = [n.proxy for n in nodes]
+    if len(set(proxies)) != len(proxies):
+        raise ConfigError("two nodes share one proxy address")
+    return ClusterConfig(nodes=tuple(nodes), name=name, read_consistency=read_consistency,
+                         connect_timeout_s=float(timeout), path=path)
+
+
+def load_config(path: Path | str = DEFAULT_CONFIG) -> ClusterConfig:
+    """Read and validate ``cluster.toml``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist",
+                          hint="pass --config FILE, or run `replicate up` to create a local cluster"
+                          ) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    return parse_config(data, path=path)
+
+
+def dump_config(config: ClusterConfig) -> str:
+    """Render a ClusterConfig as TOML that ``load_config`` reads back unchanged."""
+    nodes = []
+    for node in config.nodes:
+        entry: dict[str, Any] = {"name": node.name, "dsn": node.dsn, "proxy": node.proxy}
+        if node.data_dir is not None:
+            entry["data_dir"] = str(node.data_dir)
+        nodes.append(entry)
+    document = {
+        "cluster": {
+            "name": config.name,
+            "read_consistency": config.read_consistency,
+            "connect_timeout_s": config.connect_timeout_s,
+        },
+        "nodes": nodes,
+    }
+    return tomli_w.dumps(document)
+
+
+def write_config(config: ClusterConfig, path: Path) -> None:
+    """Write the file atomically, so a crash never leaves half a config behind."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dump_config(config), encoding="utf-8")
+    tmp.replace(path)
