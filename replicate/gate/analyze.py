@@ -164,8 +164,11 @@ def _single_row(s: dict) -> bool:
     if any(s.get(k) for k in ("fromClause", "groupClause", "havingClause", "windowClause",
                               "larg", "rarg", "valuesLists", "whereClause")):
         return False
+    targets = s.get("targetList")
+    if '"ColumnRef"' in json.dumps(targets):  # may be correlated: runs per outer row
+        return False
     return all(n in PG_CATALOG_FUNCTIONS and n not in PG_CATALOG_SETOF
-               for n in _func_names(s.get("targetList")))
+               for n in _func_names(targets))
 
 
 def _select_width(sel: dict) -> int:
@@ -406,7 +409,7 @@ class Analyzer:
                                          (explicit_list, tuple(add), len(values))))
         if values is None and any(c.sequence_default for c in missing):
             sel_body = sel.get("SelectStmt", {})
-            if not self.total_order(sel_body, frozenset()):
+            if not (_single_row(sel_body) or self.total_order(sel_body, frozenset())):
                 self.a.write_problems.append(GateRefusal(
                     "limit-order",
                     f"INSERT ... SELECT numbers rows of {info.name} from a sequence in the "

@@ -208,7 +208,7 @@ class _Statement:
             return Relay(self.start, self.end)
         if self.names_registered(body):
             ddl = root.startswith(("Create", "Alter", "Drop", "Grant", "Comment", "Index",
-                                   "Rename", "Rule", "Trig", "Sec", "AlterObject"))
+                                   "Rename", "Rule", "Trig", "Sec", "View", "Reindex"))
             return self.refuse("ddl" if ddl else "unclassified",
                                f"{root.removesuffix('Stmt')} on a registered table is not "
                                "replicated" if ddl else
