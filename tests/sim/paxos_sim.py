@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from replicate.paxos import (
-    Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Value,
+    Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role, Value,
     acceptor,
 )
 from replicate.paxos.messages import AcceptorRequest
@@ -74,6 +74,8 @@ class Profile:
     p_crash_acceptor: float
     p_partition: float
     p_heal: float
+    p_crash_midsend: float
+    p_crash_leader: float
 
 
 class Sim:
@@ -82,7 +84,7 @@ class Sim:
                  storage_factory: Callable[[], InMemoryAcceptorStorage] = InMemoryAcceptorStorage,
                  replica_class: type[Replica] = Replica,
                  config: Callable[[int], Config] | None = None,
-                 fault_ticks: int = 250, settle_ticks: int = 400, requests: int = 25,
+                 fault_ticks: int = 300, settle_ticks: int = 400, requests: int = 80,
                  client_timeout: int = 40, record: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -96,6 +98,8 @@ class Sim:
             p_crash_acceptor=r.choice((0.0, 0.005, 0.02)),
             p_partition=r.choice((0.0, 0.01, 0.03)),
             p_heal=r.choice((0.02, 0.1)),
+            p_crash_midsend=r.choice((0.0, 0.01, 0.03)),
+            p_crash_leader=r.choice((0.0, 0.01, 0.03)),
         )
         self.n = self.profile.n
         self.majority = self.n // 2 + 1
@@ -177,6 +181,12 @@ class Sim:
                 if rd.hard_state.round < self.hard[i].round:
                     self.fail(f"replica {i} persisted a lower round {rd.hard_state}")
                 self.hard[i] = rd.hard_state
+            if self.faults and rd.messages and self.rng.random() < self.profile.p_crash_midsend:
+                # crash after sending only some of the messages (e.g. accepts reached a minority)
+                for env in rd.messages[:self.rng.randrange(len(rd.messages))]:
+                    self._send(env)
+                self._crash_replica(i)
+                return
             for env in rd.messages:
                 self._send(env)
             for e in rd.chosen:
@@ -270,14 +280,17 @@ class Sim:
                 if self.replica_down_until[i] <= self.now:
                     self._restart_replica(i)
             elif r.random() < p.p_crash_replica:
-                self.replicas[i] = None
-                self.replica_down_until[i] = self.now + r.randint(1, 60)
-                self._log(f"crash r{i}")
+                self._crash_replica(i)
             if self.acceptor_down_until[i] == self.now:
                 self._restart_acceptor(i)
             elif self.acceptor_down_until[i] < self.now and r.random() < p.p_crash_acceptor:
-                self.acceptor_down_until[i] = self.now + r.randint(1, 60)
+                self.acceptor_down_until[i] = self.now + self._downtime()
                 self._log(f"crash a{i}")
+        if r.random() < p.p_crash_leader:  # kill the leader, as Jepsen would
+            for i, rep in enumerate(self.replicas):
+                if rep is not None and rep.role is Role.LEADER:
+                    self._crash_replica(i)
+                    break
         if r.random() < p.p_partition:
             if r.random() < 0.5:
                 a, b = r.sample(range(self.n), 2)
@@ -292,6 +305,15 @@ class Sim:
         if self.cuts and r.random() < p.p_heal:
             self.cuts.clear()
             self._log("heal")
+
+    def _downtime(self) -> int:
+        r = self.rng
+        return r.randint(1, 4) if r.random() < 0.5 else r.randint(5, 60)
+
+    def _crash_replica(self, i: int) -> None:
+        self.replicas[i] = None
+        self.replica_down_until[i] = self.now + self._downtime()
+        self._log(f"crash r{i}")
 
     def _restart_replica(self, i: int) -> None:
         self.replicas[i] = self._new_replica(i)
@@ -316,7 +338,7 @@ class Sim:
 
     def _clients(self) -> None:
         r = self.rng
-        if len(self.requests) < self.n_requests and r.random() < 0.3:
+        if len(self.requests) < self.n_requests and r.random() < 0.5:
             k = len(self.requests)
             v = Value(f"q{k}", f"payload {k}".encode())
             self.proposed.add(v)

@@ -1,0 +1,73 @@
+"""Deliberately broken variants of the core, plugged into the simulator to prove it has teeth.
+
+Each one is a subclass of a production class with one rule changed, the way a real bug would
+look. ``tests/sim/test_sim_teeth.py`` asserts the simulator finds a violation for each within a
+bounded number of seeds.
+"""
+
+from __future__ import annotations
+
+from replicate.paxos import (
+    Acceptor, AcceptorWrite, Ballot, InMemoryAcceptorStorage, Leadership, Replica,
+)
+from replicate.paxos.messages import Accept, Accepted
+
+
+class ForgetfulStorage(InMemoryAcceptorStorage):
+    """The promise is kept in memory only: a restarted acceptor has promised nothing."""
+
+    def restart(self) -> "ForgetfulStorage":
+        self._promised = Ballot(0, 0)
+        return self
+
+
+class AcceptBelowPromise(Acceptor):
+    """Accepts whatever ballot comes, without checking it against the promise."""
+
+    def accept(self, state, req: Accept):
+        promised = state.promised()
+        return (AcceptorWrite(promise=max(promised, req.ballot),
+                              accept=(req.ballot, req.first_slot, req.values),
+                              mark=(req.ballot, req.commit_upto) if req.commit_upto else None),
+                Accepted(req.ballot, req.first_slot, req.last_slot, req.commit_upto))
+
+
+class AmnesiacRecovery(Replica):
+    """Phase 1 ignores the accepted values in the promises: the new leader proposes afresh."""
+
+    def _recover(self, promises, from_slot):
+        return []
+
+
+class BallotReuser(Replica):
+    """After a restart, campaigns with the round it persisted instead of the next one."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._reuse = self._max_round > 0
+
+    def _next_round(self) -> int:
+        if self._reuse:
+            self._reuse = False
+            return self._max_round
+        return self._max_round + 1
+
+
+class MinorityLeadership(Leadership):
+    """Counts a batch as chosen as soon as one acceptor accepted it."""
+
+    def is_chosen(self, batch) -> bool:
+        return len(batch.acks) >= 1
+
+
+class MinorityCommitter(Replica):
+    leadership_class = MinorityLeadership
+
+
+VARIANTS = {
+    "promise not persisted": dict(storage_factory=ForgetfulStorage),
+    "accept below promise": dict(acceptor_rules=AcceptBelowPromise()),
+    "phase 1 ignores accepted values": dict(replica_class=AmnesiacRecovery),
+    "reused ballot": dict(replica_class=BallotReuser),
+    "commit without majority": dict(replica_class=MinorityCommitter),
+}
