@@ -122,6 +122,16 @@ def _next_search_path(root: str, body: dict, path: tuple[str, ...]) -> tuple[str
     return path
 
 
+def _option_true(arg: Any) -> bool:
+    """An EXPLAIN option's value, as PostgreSQL's defGetBoolean reads it (fail closed:
+    anything but an explicit false counts as true)."""
+    if arg is None:
+        return True
+    (kind, v), = arg.items()
+    text = str(v.get("sval", v.get("boolval", v.get("ival", "true")))).lower()
+    return text not in ("false", "off", "0", "no")
+
+
 def _all_strings(node: Any) -> Iterator[str]:
     if isinstance(node, dict):
         for v in node.values():
@@ -168,8 +178,7 @@ class _Statement:
             return self.decide_data(self.analyse(root, body))
         if root == "ExplainStmt":
             analyze = any(o["DefElem"]["defname"] == "analyze"
-                          and o["DefElem"].get("arg", {}).get("Boolean", {"boolval": True})
-                          .get("boolval", True) is not False
+                          and _option_true(o["DefElem"].get("arg"))
                           for o in body.get("options") or [] if "DefElem" in o)
             (iroot, ibody), = body["query"].items()
             inner = self.decide(iroot, ibody)

@@ -66,8 +66,9 @@ def _case(file: str, block: list[tuple[int, str]]) -> Case:
             continue
         if line.startswith("=> "):
             expects.append(line[3:].strip())
-        elif line.startswith("-> "):
-            texts[len(expects) - 1] = line[3:]
+        elif line.startswith("-> "):  # several lines: a multi-line rewritten text
+            i = len(expects) - 1
+            texts[i] = texts[i] + "\n" + line[3:] if i in texts else line[3:]
         else:
             if first is None:
                 first = n
