@@ -22,6 +22,7 @@ from rich.live import Live
 from rich.table import Table
 
 from replicate.cluster import LocalCluster
+from replicate.config import DEFAULT_CONFIG, load_config
 from replicate.errors import ReplicateError
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ err = Console(stderr=True, soft_wrap=True)
 DEFAULT_DIR = Path("replicate-cluster")
 
 DirOption = Annotated[Path, typer.Option("--dir", help="Directory of the local cluster.")]
+ConfigOption = Annotated[Path, typer.Option("--config", help="The cluster configuration file.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 
 
@@ -60,8 +62,11 @@ def run(action: Callable[[], Any]) -> Any:
 def _nodes_report(cluster: LocalCluster) -> list[dict[str, Any]]:
     report = []
     for local, conf in zip(cluster.nodes, cluster.config.nodes):
+        proxy = cluster.proxy(local.name)
         report.append({"name": local.name, "status": local.status(), "pid": local.pid(),
-                       "dsn": conf.dsn, "proxy": conf.proxy, "data_dir": str(local.root)})
+                       "dsn": conf.dsn, "proxy": conf.proxy,
+                       "proxy_status": "running" if proxy.is_running() else "stopped",
+                       "proxy_pid": proxy.pid(), "data_dir": str(local.root)})
     return report
 
 
@@ -73,13 +78,14 @@ def _dsn_address(dsn: str) -> str:
 def _nodes_table(cluster: LocalCluster) -> Table:
     table = Table(title=f"replicate cluster [bold]{cluster.config.name}[/] "
                         f"[dim]({cluster.config_path})[/]", title_justify="left")
-    for column in ("node", "status", "pid", "postgres", "proxy", "data"):
+    for column in ("node", "postgres", "status", "pid", "proxy", "status", "pid", "data"):
         table.add_column(column)
     colours = {"running": "green", "paused": "yellow", "stopped": "red"}
     for row in _nodes_report(cluster):
-        table.add_row(row["name"], f"[{colours[row['status']]}]{row['status']}[/]",
-                      str(row["pid"] or "-"), _dsn_address(row["dsn"]), row["proxy"],
-                      row["data_dir"])
+        table.add_row(row["name"], _dsn_address(row["dsn"]),
+                      f"[{colours[row['status']]}]{row['status']}[/]", str(row["pid"] or "-"),
+                      row["proxy"], f"[{colours[row['proxy_status']]}]{row['proxy_status']}[/]",
+                      str(row["proxy_pid"] or "-"), row["data_dir"])
     return table
 
 
@@ -97,6 +103,7 @@ def bring_up(directory: Path, nodes: Optional[int], base_port: Optional[int]) ->
                 hint="leave out --nodes to restart it, or choose another --dir",
                 sqlstate="F0000")
     started = cluster.start()
+    started += [f"proxy {name}" for name in cluster.start_proxies()]
     return cluster, created, started, time.monotonic() - started_at
 
 
@@ -170,6 +177,19 @@ def down(
         print(json.dumps({"nodes": _nodes_report(cluster)}, indent=2))
     else:
         out.print(_nodes_table(cluster))
+
+
+@app.command()
+def proxy(
+    node: Annotated[str, typer.Option("--node", help="Name of the node this proxy serves.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+) -> None:
+    """Run the proxy of one node in the foreground (what `replicate up` starts per node)."""
+    from replicate.runtime.proxy import run as run_proxy
+
+    cluster_config = run(lambda: load_config(config))
+    run(lambda: cluster_config.node(node))
+    run_proxy(cluster_config, node)
 
 
 def main() -> None:  # pragma: no cover - entry point for `python -m replicate`

@@ -29,6 +29,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from replicate.cluster.binaries import PgBinaries, find_binaries
 from replicate.cluster.node import LocalNode, init_template, run_as_server, server_account
+from replicate.cluster.proxy import LocalProxy
 from replicate.config import ClusterConfig, NodeConfig, load_config, split_address, write_config
 from replicate.errors import ClusterError, ConfigError
 
@@ -159,6 +160,8 @@ class LocalCluster:
         return [n.name for n in todo]
 
     def stop(self, *, mode: str = "fast", timeout: float = 30.0) -> None:
+        """Stop every proxy, then every node."""
+        self.stop_proxies()
         with ThreadPoolExecutor(max_workers=len(self.nodes)) as pool:
             list(pool.map(lambda n: n.stop(mode=mode, timeout=timeout), self.nodes))
 
@@ -169,3 +172,24 @@ class LocalCluster:
 
     def proxy_address(self, name: str) -> tuple[str, int]:
         return split_address(self.config.node(name).proxy)
+
+    # -- proxies ---------------------------------------------------------------
+
+    def proxy(self, name: str) -> LocalProxy:
+        return LocalProxy(name, self.node(name).root, self.config_path,
+                          *self.proxy_address(name))
+
+    @property
+    def proxies(self) -> list[LocalProxy]:
+        return [self.proxy(node.name) for node in self.nodes]
+
+    def start_proxies(self, *, timeout: float = 30.0) -> list[str]:
+        """Start the proxy of every node that has none running; wait until they listen."""
+        started = [p.name for p in self.proxies if p.start()]
+        for proxy in self.proxies:
+            proxy.wait_listening(timeout)
+        return started
+
+    def stop_proxies(self, *, timeout: float = 10.0) -> None:
+        for proxy in self.proxies:
+            proxy.stop(timeout=timeout)

@@ -1,0 +1,453 @@
+"""The engine: one proxy's replica of the Multi-Paxos log, driven against real nodes.
+
+Python API (used by the proxy and the tests)::
+
+    engine = Engine(config, "n1")
+    await engine.start()
+    outcome = await engine.submit(Entry("INSERT INTO t VALUES ($1)", (Param(b"1"),)))
+    index = await engine.read_index()       # a commit index confirmed by a majority
+    await engine.wait_applied(index)        # the local node has applied it
+    engine.status()                         # a dict for `replicate status`
+    await engine.stop()
+
+How it runs. One driver task owns the pure ``Replica`` (replicate.paxos): it
+takes events from one queue (ticks, replies from acceptors, frames from
+peers, proposals), steps the replica, then performs its ``Ready`` in the
+order the core demands: persist the hard state in the local node, send the
+messages (acceptor requests to ``AcceptorLink`` workers, peer frames to
+``PeerLink``s, never awaiting them), and hand chosen entries to the apply
+loop. The apply loop applies them to the local node in slot order (see
+``applier``), then wakes whoever waits for those request ids or slots.
+
+A submitted entry gets a request id unique to this proxy process. The proxy
+proposes it (the core forwards it to the leader when this proxy is a
+follower) and waits until its *own* node has applied it; if that takes longer
+than ``retry_interval`` it proposes again with the same request id (the
+leader may have died), and the applier runs a request id at most once.
+
+Read index (``read_index``): the leader answers with its commit index once
+(a) it has committed everything it recovered in phase 1, so every slot any
+earlier leader may have acknowledged is below the index, and (b) a majority
+of acceptors has answered a ``Commit`` under its ballot sent after the
+request arrived, so it was still the leader when the read began. Followers
+ask the leader over the peer protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from replicate.command import Entry, Outcome
+from replicate.config import ClusterConfig
+from replicate.errors import NodeUnavailable, ReplicateError
+from replicate.paxos import Config as PaxosConfig
+from replicate.paxos import HardState, Replica, Role
+from replicate.paxos.messages import (
+    AcceptorReply, Commit, Committed, Envelope, Forward, Heartbeat, Value, acceptor, replica,
+)
+from replicate.runtime import peerwire
+from replicate.runtime.applier import Applier, LocalApplyError
+from replicate.runtime.links import AcceptorLink, PeerLink
+from replicate.runtime.schema import ainstall
+
+log = logging.getLogger("replicate.engine")
+
+
+class OutcomeUnknown(ReplicateError):
+    """The write may or may not have been applied: it did not complete within its timeout."""
+
+    sqlstate = "40003"  # statement_completion_unknown
+
+
+class NotLeader(ReplicateError):
+    """No leader could confirm a read index in time."""
+
+    sqlstate = "57P03"  # cannot_connect_now
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    tick_s: float = 0.05               # one core tick
+    paxos: PaxosConfig | None = None   # default: PaxosConfig(n) with the core's defaults
+    submit_timeout_s: float = 15.0
+    retry_interval_s: float = 2.0
+    apply_timeout_ms: int = 5000
+    apply_batch: int = 256
+    request_timeout_s: float = 2.0
+    connect_timeout_s: float = 2.0
+
+
+class Engine:
+    """See the module docstring."""
+
+    def __init__(self, config: ClusterConfig, node: str,
+                 settings: EngineSettings = EngineSettings()) -> None:
+        self.config = config
+        self.name = node
+        self.index = [n.name for n in config.nodes].index(config.node(node).name)
+        self.settings = settings
+        self.n = len(config.nodes)
+        self.paxos_config = settings.paxos or PaxosConfig(n=self.n)
+        self.boot = os.urandom(4).hex()
+        self._seq = itertools.count(1)
+        self._tokens = itertools.count(1)
+        self.replica: Replica | None = None
+        self._events: asyncio.Queue = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self.links = [AcceptorLink(i, n.dsn, self._on_acceptor_reply,
+                                   connect_timeout=settings.connect_timeout_s,
+                                   request_timeout=settings.request_timeout_s)
+                      for i, n in enumerate(config.nodes)]
+        self.peers: dict[int, PeerLink] = {
+            i: PeerLink(self.index, i, n.proxy_host, n.proxy_port)
+            for i, n in enumerate(config.nodes) if i != self.index}
+        self.applier = Applier(config.nodes[self.index].dsn,
+                               connect_timeout=settings.connect_timeout_s,
+                               apply_timeout_ms=settings.apply_timeout_ms)
+        self._local_dsn = config.nodes[self.index].dsn
+        self._hard_conn: psycopg.AsyncConnection | None = None
+        self._to_apply: list = []
+        self._apply_wakeup = asyncio.Event()
+        self._waiters: dict[str, asyncio.Future] = {}
+        self.applied_upto = 0
+        self._applied_changed = asyncio.Condition()
+        self.stalled: str | None = None
+        self._recovery_end: int | None = None
+        self._led_ballot = None
+        self._read_waiters: list[tuple[asyncio.Future, float]] = []
+        self._peer_requests: dict[int, asyncio.Future] = {}
+        self._peer_client: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self._peer_client_lock = asyncio.Lock()
+        self.started_at = time.monotonic()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Load durable state from the local node, then run. Retries until the node answers."""
+        delay = 0.1
+        while True:
+            try:
+                round_, applied = await self._load_local_state()
+                break
+            except (psycopg.Error, OSError) as exc:
+                self.stalled = f"local node unavailable: {exc}".strip()
+                log.warning("%s: %s; retrying", self.name, self.stalled)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.stalled = None
+        self.applied_upto = applied
+        self.replica = Replica(self.index, self.paxos_config, random.Random(),
+                               hard_state=HardState(round_), delivered_upto=applied)
+        for link in self.links:
+            link.start()
+        for peer in self.peers.values():
+            peer.start()
+        self._tasks = [asyncio.create_task(self._drive(), name="driver"),
+                       asyncio.create_task(self._tick(), name="ticker"),
+                       asyncio.create_task(self._apply_loop(), name="applier")]
+
+    async def _load_local_state(self) -> tuple[int, int]:
+        conn = await psycopg.AsyncConnection.connect(
+            self._local_dsn, autocommit=True, connect_timeout=max(1, int(self.settings.connect_timeout_s)),
+            application_name="replicate engine")
+        await ainstall(conn)
+        row = await (await conn.execute(
+            "SELECT round FROM replicate.replica_state WHERE replica_id = %s", [self.index])
+        ).fetchone()
+        applied = await (await conn.execute("SELECT slot FROM replicate.applied")).fetchone()
+        self._hard_conn = conn
+        return (int(row[0]) if row else 0), (int(applied[0]) if applied else 0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for link in self.links:
+            await link.stop()
+        for peer in self.peers.values():
+            await peer.stop()
+        await self.applier.close()
+        if self._hard_conn is not None:
+            await self._hard_conn.close()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(NodeUnavailable("the proxy is shutting down"))
+
+    # ------------------------------------------------------------------ driver
+    def _on_acceptor_reply(self, index: int, reply: AcceptorReply) -> None:
+        self._events.put_nowait(("step", Envelope(acceptor(index), replica(self.index), reply)))
+
+    def deliver_peer_frame(self, sender: int, frame: Heartbeat | Forward) -> None:
+        """A Heartbeat or Forward from proxy ``sender`` (called by the server)."""
+        if 0 <= sender < self.n and sender != self.index:
+            self._events.put_nowait(("step", Envelope(replica(sender), replica(self.index), frame)))
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.tick_s)
+            self._events.put_nowait(("tick", None))
+
+    async def _drive(self) -> None:
+        rep = self.replica
+        assert rep is not None
+        while True:
+            kind, item = await self._events.get()
+            while True:
+                try:
+                    if kind == "tick":
+                        rep.tick()
+                    elif kind == "step":
+                        rep.step(item)
+                    elif kind == "propose":
+                        value, fut = item
+                        outcome = rep.propose(value)
+                        if not fut.done():
+                            fut.set_result(outcome)
+                except (ValueError, TypeError) as exc:  # a malformed message from outside
+                    log.warning("%s: dropped event %s: %s", self.name, kind, exc)
+                try:
+                    kind, item = self._events.get_nowait()
+                except asyncio.QueueEmpty:
+                    break
+            await self._perform_ready(rep)
+            self._observe_leadership(rep)
+
+    async def _perform_ready(self, rep: Replica) -> None:
+        while rep.has_ready():
+            ready = rep.ready()
+            if ready.hard_state is not None:
+                await self._persist(ready.hard_state)
+            for env in ready.messages:
+                self._send(env)
+            if ready.chosen:
+                self._to_apply.extend(ready.chosen)
+                self._apply_wakeup.set()
+            rep.advance(ready)
+
+    async def _persist(self, hard: HardState) -> None:
+        """Persist the replica's round in the local node before any message uses it."""
+        delay = 0.05
+        while True:
+            try:
+                if self._hard_conn is None or self._hard_conn.closed or self._hard_conn.broken:
+                    self._hard_conn = await psycopg.AsyncConnection.connect(
+                        self._local_dsn, autocommit=True,
+                        connect_timeout=max(1, int(self.settings.connect_timeout_s)))
+                await asyncio.wait_for(self._hard_conn.execute(
+                    "SELECT replicate.save_round(%s, %s)", [self.index, hard.round]),
+                    self.settings.request_timeout_s)
+                return
+            except (psycopg.Error, OSError, asyncio.TimeoutError) as exc:
+                log.warning("%s: cannot persist round %d: %s", self.name, hard.round, exc)
+                conn, self._hard_conn = self._hard_conn, None
+                if conn is not None:
+                    asyncio.create_task(_close(conn))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    def _send(self, env: Envelope) -> None:
+        if env.dst.role == "acceptor":
+            self.links[env.dst.id].send(env.msg)
+        elif env.dst.id in self.peers and isinstance(env.msg, (Heartbeat, Forward)):
+            self.peers[env.dst.id].send(env.msg)
+
+    def _observe_leadership(self, rep: Replica) -> None:
+        if rep.role is Role.LEADER and rep.lead is not None:
+            if self._led_ballot != rep.ballot:
+                self._led_ballot = rep.ballot
+                # every slot phase 1 recovered (and every value queued meanwhile) is below this
+                self._recovery_end = rep.lead.next_slot - 1 + len(rep.lead.queue)
+            if self._read_waiters and rep.lead.commit_upto >= (self._recovery_end or 0):
+                waiters, self._read_waiters = self._read_waiters, []
+                for fut, _ in waiters:
+                    if not fut.done():
+                        fut.set_result((rep.ballot, rep.lead.commit_upto))
+        else:
+            self._led_ballot = None
+            self._recovery_end = None
+            waiters, self._read_waiters = self._read_waiters, []
+            for fut, _ in waiters:
+                if not fut.done():
+                    fut.set_exception(NotLeader("this proxy lost the leadership"))
+
+    # ------------------------------------------------------------------ applying
+    async def _apply_loop(self) -> None:
+        delay = 0.05
+        while True:
+            if not self._to_apply:
+                self._apply_wakeup.clear()
+                await self._apply_wakeup.wait()
+            batch = self._to_apply[:self.settings.apply_batch]
+            try:
+                outcomes = await self.applier.apply(batch)
+            except LocalApplyError as exc:
+                self.stalled = exc.message
+                log.warning("%s: stalled at slot %d: %s", self.name, batch[0].slot, exc.message)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            delay = 0.05
+            self.stalled = None
+            del self._to_apply[:len(batch)]
+            for outcome in outcomes:
+                fut = self._waiters.get(outcome.request_id) if outcome.request_id else None
+                if fut is not None and not fut.done():
+                    fut.set_result(outcome)
+            async with self._applied_changed:
+                self.applied_upto = batch[-1].slot
+                self._applied_changed.notify_all()
+
+    async def wait_applied(self, slot: int, timeout: float | None = None) -> None:
+        """Wait until the local node has applied every slot up to ``slot``."""
+        async def wait() -> None:
+            async with self._applied_changed:
+                await self._applied_changed.wait_for(lambda: self.applied_upto >= slot)
+        await asyncio.wait_for(wait(), timeout if timeout is not None
+                               else self.settings.submit_timeout_s)
+
+    # ------------------------------------------------------------------ submitting
+    def new_request_id(self) -> str:
+        return f"{self.name}.{self.boot}.{next(self._seq)}"
+
+    async def submit(self, entry: Entry, *, request_id: str | None = None,
+                     timeout: float | None = None) -> Outcome:
+        """Append ``entry`` to the log; return its outcome on the local node once applied."""
+        return await self.submit_payload(entry.encode(), request_id=request_id, timeout=timeout)
+
+    async def submit_payload(self, payload: bytes, *, request_id: str | None = None,
+                             timeout: float | None = None) -> Outcome:
+        rid = request_id or self.new_request_id()
+        value = Value(rid, payload)
+        loop = asyncio.get_running_loop()
+        waiter = self._waiters.get(rid)
+        if waiter is None or waiter.done():
+            waiter = self._waiters[rid] = loop.create_future()
+        deadline = loop.time() + (timeout if timeout is not None else self.settings.submit_timeout_s)
+        try:
+            while True:
+                proposed = loop.create_future()
+                self._events.put_nowait(("propose", (value, proposed)))
+                await proposed
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    return await asyncio.wait_for(
+                        asyncio.shield(waiter), min(self.settings.retry_interval_s, remaining))
+                except asyncio.TimeoutError:
+                    if loop.time() >= deadline:
+                        break
+        finally:
+            if self._waiters.get(rid) is waiter:
+                del self._waiters[rid]
+        raise OutcomeUnknown(
+            f"request {rid} was not applied within its timeout; it may still be applied",
+            hint="retry with the same request id to learn its outcome without applying it twice")
+
+    # ------------------------------------------------------------------ reading
+    async def read_index(self, timeout: float | None = None) -> int:
+        """A commit index that covers every write acknowledged before this call."""
+        timeout = timeout if timeout is not None else self.settings.submit_timeout_s
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            rep = self.replica
+            if rep is not None and rep.role is Role.LEADER:
+                try:
+                    return await asyncio.wait_for(self._leader_read_index(),
+                                                  max(0.01, deadline - loop.time()))
+                except (NotLeader, asyncio.TimeoutError):
+                    pass
+            elif rep is not None and rep.leader is not None and rep.leader != self.index:
+                try:
+                    return await asyncio.wait_for(self._ask_leader_read_index(rep.leader),
+                                                  min(2.0, max(0.01, deadline - loop.time())))
+                except (NotLeader, OSError, asyncio.TimeoutError, ReplicateError):
+                    pass
+            if loop.time() >= deadline:
+                raise NotLeader("no leader confirmed a read index in time",
+                                hint="a majority of nodes may be unreachable")
+            await asyncio.sleep(0.05)
+
+    async def _leader_read_index(self) -> int:
+        fut = asyncio.get_running_loop().create_future()
+        self._read_waiters.append((fut, time.monotonic()))
+        self._observe_leadership(self.replica)  # resolves at once if recovery is done
+        ballot, index = await fut
+        confirmations = [link.call(Commit(ballot, index)) for link in self.links]
+        needed = self.n // 2 + 1
+        ok = 0
+        for next_done in asyncio.as_completed(confirmations):
+            try:
+                reply = await next_done
+            except Exception:  # noqa: BLE001 - an unreachable acceptor is just not a vote
+                continue
+            if isinstance(reply, Committed) and reply.ballot == ballot:
+                ok += 1
+                if ok >= needed:
+                    return index
+            else:
+                raise NotLeader("an acceptor promised a higher ballot")
+        raise NotLeader("no majority confirmed the leadership")
+
+    async def _ask_leader_read_index(self, leader: int) -> int:
+        token = next(self._tokens)
+        node = self.config.nodes[leader]
+        reader, writer = await asyncio.open_connection(node.proxy_host, node.proxy_port)
+        try:
+            writer.write(peerwire.STARTUP + peerwire.encode(peerwire.Hello(self.index))
+                         + peerwire.encode(peerwire.ReadIndexRequest(token)))
+            decoder = peerwire.FrameDecoder()
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    raise NotLeader("the leader closed the connection")
+                decoder.feed(data)
+                frame = decoder.next_frame()
+                if isinstance(frame, peerwire.ReadIndexReply) and frame.token == token:
+                    if not frame.ok:
+                        raise NotLeader("the proxy asked is no longer the leader")
+                    return frame.index
+        finally:
+            writer.close()
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict[str, Any]:
+        rep = self.replica
+        lead = rep.lead if rep is not None else None
+        return {
+            "node": self.name,
+            "index": self.index,
+            "role": rep.role.value if rep else "starting",
+            "leader": (self.config.nodes[rep.leader].name
+                       if rep is not None and rep.leader is not None else None),
+            "ballot": str(rep.ballot) if rep else None,
+            "commit_upto": lead.commit_upto if lead is not None else None,
+            "delivered_upto": rep.delivered_upto if rep else None,
+            "applied_upto": self.applied_upto,
+            "pending_apply": len(self._to_apply),
+            "stalled": self.stalled,
+            "acceptors": [{"node": self.config.nodes[l.index].name, "connected": l.connected,
+                           "last_error": l.last_error, "dropped": l.dropped}
+                          for l in self.links],
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+        }
+
+    def status_json(self) -> bytes:
+        return json.dumps(self.status()).encode()
+
+
+async def _close(conn: psycopg.AsyncConnection) -> None:
+    try:
+        await asyncio.wait_for(conn.close(), 5)
+    except BaseException:  # noqa: BLE001
+        pass

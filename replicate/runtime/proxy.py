@@ -1,0 +1,40 @@
+"""``replicate proxy``: one proxy process = the engine for one node + its listener."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from replicate.config import ClusterConfig
+from replicate.runtime.engine import Engine, EngineSettings
+from replicate.runtime.server import ProxyServer
+
+log = logging.getLogger("replicate.proxy")
+
+
+async def serve(config: ClusterConfig, node: str,
+                settings: EngineSettings = EngineSettings()) -> None:
+    """Run until SIGTERM or SIGINT."""
+    me = config.node(node)
+    engine = Engine(config, node, settings)
+    server = ProxyServer(engine, me.proxy_host, me.proxy_port)
+    await server.start()
+    log.info("proxy %s listening on %s", node, me.proxy)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    starting = asyncio.create_task(engine.start())
+    await stop.wait()
+    log.info("proxy %s stopping", node)
+    starting.cancel()
+    await asyncio.gather(starting, return_exceptions=True)
+    await server.stop()
+    await engine.stop()
+
+
+def run(config: ClusterConfig, node: str) -> None:
+    logging.basicConfig(level=logging.INFO,
+                        format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config, node))

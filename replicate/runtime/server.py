@@ -1,0 +1,134 @@
+"""The proxy's listener: one port for peers (other proxies, tools) and PostgreSQL clients.
+
+The first 8 bytes of a connection tell them apart (see ``peerwire``). Peer
+connections carry frames to the engine: Heartbeat and Forward into the Paxos
+driver; Submit, ReadIndexRequest and StatusRequest are answered on the same
+connection, concurrently (one task per request, replies tagged by token).
+PostgreSQL clients get a clear FATAL error until the wire-protocol proxy lands.
+A malformed frame closes that connection only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import struct
+
+from replicate.errors import ProtocolError, ReplicateError
+from replicate.paxos.messages import Forward, Heartbeat
+from replicate.runtime import peerwire
+from replicate.runtime.engine import Engine
+
+log = logging.getLogger("replicate.server")
+
+
+def pg_fatal(sqlstate: str, message: str) -> bytes:
+    """A PostgreSQL ErrorResponse with severity FATAL."""
+    fields = b"".join(code + text.encode() + b"\0" for code, text in
+                      ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", sqlstate), (b"M", message)))
+    body = fields + b"\0"
+    return b"E" + struct.pack("!i", len(body) + 4) + body
+
+
+def error_json(exc: BaseException) -> bytes:
+    if isinstance(exc, ReplicateError):
+        doc = {"sqlstate": exc.sqlstate, "message": exc.message, "hint": exc.hint}
+    else:
+        doc = {"sqlstate": "XX000", "message": f"{type(exc).__name__}: {exc}"}
+    return json.dumps({"error": doc}).encode()
+
+
+class ProxyServer:
+    def __init__(self, engine: Engine, host: str, port: int) -> None:
+        self.engine = engine
+        self.host = host
+        self.port = port
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                  reuse_address=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._sessions):
+            task.cancel()
+        await asyncio.gather(*self._sessions, return_exceptions=True)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        try:
+            first = await asyncio.wait_for(reader.readexactly(8), 30)
+            if peerwire.is_peer_startup(first):
+                await self._peer_session(reader, writer)
+            else:
+                writer.write(pg_fatal("0A000", "this replicate proxy does not serve PostgreSQL "
+                                               "clients yet; connect to the node directly"))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
+            pass
+        except ProtocolError as exc:
+            log.warning("closing a peer connection: %s", exc)
+        finally:
+            self._sessions.discard(task)
+            writer.close()
+
+    async def _peer_session(self, reader: asyncio.StreamReader,
+                            writer: asyncio.StreamWriter) -> None:
+        decoder = peerwire.FrameDecoder()
+        sender: int | None = None
+        pending: set[asyncio.Task] = set()
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    return
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    if sender is None:
+                        if not isinstance(frame, peerwire.Hello):
+                            raise ProtocolError("a peer must say Hello first")
+                        sender = frame.sender
+                    elif isinstance(frame, (Heartbeat, Forward)):
+                        self.engine.deliver_peer_frame(sender, frame)
+                    elif isinstance(frame, (peerwire.Submit, peerwire.ReadIndexRequest,
+                                            peerwire.StatusRequest)):
+                        task = asyncio.create_task(self._answer(frame, writer))
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                    else:
+                        raise ProtocolError(f"unexpected peer frame {type(frame).__name__}")
+        finally:
+            for task in pending:
+                task.cancel()
+
+    async def _answer(self, frame: peerwire.Frame, writer: asyncio.StreamWriter) -> None:
+        engine = self.engine
+        reply: peerwire.Frame
+        if isinstance(frame, peerwire.Submit):
+            try:
+                outcome = await engine.submit_payload(frame.payload,
+                                                      request_id=frame.request_id or None)
+                body = json.dumps(outcome.to_json()).encode()
+            except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
+                body = error_json(exc)
+            reply = peerwire.SubmitReply(frame.token, body)
+        elif isinstance(frame, peerwire.ReadIndexRequest):
+            try:
+                index = await asyncio.wait_for(engine._leader_read_index(), 5)
+                reply = peerwire.ReadIndexReply(frame.token, True, index)
+            except Exception:  # noqa: BLE001 - not the leader, or lost it
+                reply = peerwire.ReadIndexReply(frame.token, False, 0)
+        else:
+            assert isinstance(frame, peerwire.StatusRequest)
+            reply = peerwire.StatusReply(frame.token, engine.status_json())
+        try:
+            writer.write(peerwire.encode(reply))
+            await writer.drain()
+        except ConnectionError:
+            pass

@@ -1,0 +1,44 @@
+"""Log entries and outcomes survive encoding exactly; malformed payloads are refused."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from replicate.command import Column, Entry, Outcome, Param, Status
+
+params = st.builds(Param, st.none() | st.binary(max_size=20), st.integers(0, 5000), st.booleans())
+entries = st.builds(
+    Entry, st.text(min_size=1).filter(str.strip), st.tuples(*[params] * 2) | st.just(()),
+    st.just((("search_path", "public"), ("TimeZone", "UTC"))) | st.just(()),
+    st.none() | st.text(max_size=10), st.booleans())
+
+
+@given(entries)
+def test_entry_round_trip(entry: Entry) -> None:
+    assert Entry.decode(entry.encode()) == entry
+
+
+def test_outcome_round_trip() -> None:
+    outcome = Outcome(7, "p1-1", Status.OK, "INSERT 0 1", 1,
+                      (Column("id", 23, -1, 4, False),), ((b"1",), (None,)))
+    assert Outcome.from_json(outcome.to_json()) == outcome
+    error = Outcome(8, "p1-2", Status.ERROR, sqlstate="23505", message="dup", detail="d")
+    assert Outcome.from_json(error.to_json()) == error
+    assert not error.ok and outcome.ok
+
+
+@pytest.mark.parametrize("payload", [b"", b"{", b'{"v":2,"sql":"x"}', b'{"v":1}',
+                                     b'{"v":1,"sql":"x","kind":"bogus"}',
+                                     b'{"v":1,"sql":"x","params":[[1]]}'])
+def test_malformed_payload(payload: bytes) -> None:
+    with pytest.raises(ValueError, match="malformed log entry"):
+        Entry.decode(payload)
+
+
+def test_entry_validation() -> None:
+    with pytest.raises(ValueError):
+        Entry("  ")
+    with pytest.raises(ValueError, match="work_mem"):
+        Entry("select 1", settings=(("work_mem", "1MB"),))
+    with pytest.raises(TypeError):
+        Param("text")  # type: ignore[arg-type]
