@@ -80,11 +80,11 @@ class Addr:
         return f"{self.role[0]}{self.id}"
 
 
-def acceptor(i: int) -> Addr:
+def acceptor_addr(i: int) -> Addr:
     return Addr("acceptor", i)
 
 
-def replica(i: int) -> Addr:
+def replica_addr(i: int) -> Addr:
     return Addr("replica", i)
 
 

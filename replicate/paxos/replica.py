@@ -23,7 +23,7 @@ from replicate.paxos.ballot import Ballot
 from replicate.paxos.learner import Learner
 from replicate.paxos.messages import (
     Accept, Accepted, Addr, ChosenEntry, Commit, Committed, Envelope, Fetch, Fetched, Forward,
-    Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor, replica,
+    Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr, replica_addr,
 )
 from replicate.paxos.proposer import Leadership, recover
 
@@ -100,7 +100,7 @@ class Replica:
         if not 0 <= id < config.n:
             raise ValueError(f"replica id {id} outside 0..{config.n - 1}")
         self.id = id
-        self.addr = replica(id)
+        self.addr = replica_addr(id)
         self.config = config
         self._rng = rng
         self._quorum = config.n // 2 + 1
@@ -152,7 +152,7 @@ class Replica:
             self._fetch_elapsed += 1
             if self._fetch_elapsed >= self.config.fetch_ticks:
                 self._fetch_elapsed = 0
-                self._send(acceptor(self._fetch_next),
+                self._send(acceptor_addr(self._fetch_next),
                            Fetch(self.learner.known_upto() + 1, self.config.fetch_limit))
                 self._fetch_next = (self._fetch_next + 1) % self.config.n
 
@@ -169,7 +169,7 @@ class Replica:
             self._waiting.append(value)
             return ProposeOutcome.PROPOSED
         if self.leader is not None and self.leader != self.id:
-            self._send(replica(self.leader), Forward(value))
+            self._send(replica_addr(self.leader), Forward(value))
             return ProposeOutcome.FORWARDED
         return ProposeOutcome.DROPPED
 
@@ -188,7 +188,7 @@ class Replica:
         self._reset_election_timer()
         msg = Prepare(self.ballot, self._from_slot)
         for j in range(self.config.n):
-            self._send(acceptor(j), msg)
+            self._send(acceptor_addr(j), msg)
 
     def step(self, env: Envelope) -> None:
         """Receive one message."""
@@ -289,7 +289,7 @@ class Replica:
         hb = Heartbeat(self.ballot, self.learner.delivered_upto)
         for i in range(self.config.n):
             if i != self.id:
-                self._send(replica(i), hb)
+                self._send(replica_addr(i), hb)
         self._pump()
 
     # ------------------------------------------------------------------ phase 2
@@ -302,12 +302,12 @@ class Replica:
             lead.sent_commit = lead.commit_upto
             msg = Accept(self.ballot, b.first_slot, b.values, lead.commit_upto)
             for j in range(self.config.n):
-                self._send(acceptor(j), msg)
+                self._send(acceptor_addr(j), msg)
         if not batches and lead.commit_upto > lead.sent_commit:
             lead.sent_commit = lead.commit_upto
             msg = Commit(self.ballot, lead.commit_upto)
             for j in range(self.config.n):
-                self._send(acceptor(j), msg)
+                self._send(acceptor_addr(j), msg)
 
     def _on_accepted(self, src: int, msg: Accepted) -> None:
         if self.lead is None or msg.ballot != self.ballot:
@@ -328,16 +328,16 @@ class Replica:
         hb = Heartbeat(self.ballot, self.learner.delivered_upto)
         for i in range(self.config.n):
             if i != self.id:
-                self._send(replica(i), hb)
+                self._send(replica_addr(i), hb)
         lead.sent_commit = lead.commit_upto
         commit = Commit(self.ballot, lead.commit_upto)
         for j in range(self.config.n):
-            self._send(acceptor(j), commit)
+            self._send(acceptor_addr(j), commit)
         for b in lead.unchosen():  # retransmit what a majority has not accepted yet
             msg = Accept(self.ballot, b.first_slot, b.values, lead.commit_upto)
             for j in range(self.config.n):
                 if j not in b.acks:
-                    self._send(acceptor(j), msg)
+                    self._send(acceptor_addr(j), msg)
 
     # ------------------------------------------------------------------ output
     def _send(self, dst: Addr, msg: Message) -> None:

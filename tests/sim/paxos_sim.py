@@ -35,7 +35,7 @@ from typing import Callable
 
 from replicate.paxos import (
     Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role, Value,
-    acceptor,
+    acceptor_addr,
 )
 from replicate.paxos.messages import AcceptorRequest
 

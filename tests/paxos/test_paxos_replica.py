@@ -1,0 +1,105 @@
+"""The replica's duties: persist before send, ballots that never repeat, step-down, forwarding."""
+
+from __future__ import annotations
+
+import random
+
+from replicate.paxos import (
+    Accept, Accepted, Ballot, Config, Envelope, HardState, Heartbeat, Nack, Prepare,
+    ProposeOutcome, Promise, Replica, Role, Value, acceptor_addr, replica_addr,
+)
+
+CFG = Config(n=3, election_ticks=10, heartbeat_ticks=3)
+
+
+def make(i: int = 0, **kw) -> Replica:
+    return Replica(i, CFG, random.Random(7), **kw)
+
+
+def take(r: Replica):
+    rd = r.ready()
+    r.advance(rd)
+    return rd
+
+
+def elect(r: Replica) -> None:
+    r.campaign()
+    take(r)
+    for j in range(2):
+        r.step(Envelope(acceptor_addr(j), r.addr, Promise(r.ballot, 1, ())))
+    take(r)
+    assert r.role is Role.LEADER
+
+
+def test_campaign_persists_the_round_in_the_same_ready_as_the_prepares() -> None:
+    r = make(hard_state=HardState(4))
+    r.campaign()
+    rd = take(r)
+    assert rd.hard_state == HardState(5)
+    assert [e.msg for e in rd.messages] == [Prepare(Ballot(5, 0), 1)] * 3
+    assert r.ready().empty
+
+
+def test_a_restarted_replica_never_reuses_a_ballot() -> None:
+    r = make()
+    r.campaign()
+    used = take(r).hard_state
+    again = make(hard_state=used)
+    again.campaign()
+    assert again.ballot > r.ballot
+
+
+def test_election_timeout_is_randomized_and_counted_in_ticks() -> None:
+    timeouts = set()
+    for seed in range(20):
+        r = Replica(1, CFG, random.Random(seed))
+        ticks = 0
+        while r.role is Role.FOLLOWER:
+            r.tick()
+            ticks += 1
+        timeouts.add(ticks)
+    assert min(timeouts) >= 10 and max(timeouts) < 20 and len(timeouts) > 3
+
+
+def test_heartbeats_keep_a_follower_from_campaigning() -> None:
+    r = make(1)
+    for _ in range(100):
+        r.tick()
+        r.step(Envelope(replica_addr(0), r.addr, Heartbeat(Ballot(1, 0), 0)))
+    assert r.role is Role.FOLLOWER and r.leader == 0
+
+
+def test_leader_batches_and_steps_down_on_a_nack() -> None:
+    r = make()
+    elect(r)
+    for i in range(3):
+        assert r.propose(Value(f"q{i}", b"")) is ProposeOutcome.PROPOSED
+    accepts = [e.msg for e in take(r).messages if isinstance(e.msg, Accept)]
+    assert accepts and accepts[0].first_slot == 1
+    r.step(Envelope(acceptor_addr(1), r.addr, Nack(r.ballot, Ballot(9, 2))))
+    assert r.role is Role.FOLLOWER
+    r.campaign()
+    assert r.ballot == Ballot(10, 0)  # above the ballot the nack revealed
+
+
+def test_leader_delivers_after_majority_and_mark() -> None:
+    r = make()
+    elect(r)
+    r.propose(Value("q", b"p"))
+    take(r)
+    r.step(Envelope(acceptor_addr(0), r.addr, Accepted(r.ballot, 1, 1, 0)))
+    r.step(Envelope(acceptor_addr(1), r.addr, Accepted(r.ballot, 1, 1, 0)))
+    rd = take(r)
+    assert rd.chosen == ()  # chosen, but not yet marked at any acceptor
+    assert any(e.msg.__class__.__name__ == "Commit" for e in rd.messages)
+    from replicate.paxos import Committed
+    r.step(Envelope(acceptor_addr(0), r.addr, Committed(r.ballot, 1)))
+    assert [c.slot for c in take(r).chosen] == [1]
+
+
+def test_follower_forwards_or_drops() -> None:
+    r = make(2)
+    assert r.propose(Value("q", b"")) is ProposeOutcome.DROPPED
+    r.step(Envelope(replica_addr(1), r.addr, Heartbeat(Ballot(1, 1), 0)))
+    assert r.propose(Value("q", b"")) is ProposeOutcome.FORWARDED
+    assert take(r).messages[-1].dst == replica_addr(1)
