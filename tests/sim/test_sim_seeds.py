@@ -61,3 +61,20 @@ def test_liveness_failure_is_reported() -> None:
 
     with pytest.raises(Violation, match="liveness"):
         Mute(3, settle_ticks=100).run()
+
+
+def test_replay_does_not_depend_on_the_process() -> None:
+    """Same seed, other process, other PYTHONHASHSEED (set and str iteration order): same trace."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; sys.path.insert(0, sys.argv[1]); from paxos_sim import Sim; " \
+           "print(Sim(5).run().trace_hash())"
+    here = str(Path(__file__).parent)
+    hashes = {
+        subprocess.run([sys.executable, "-c", code, here], capture_output=True, text=True,
+                       check=True, env={**os.environ, "PYTHONHASHSEED": str(h)}).stdout.strip()
+        for h in (1, 2)
+    }
+    assert hashes == {Sim(5).run().trace_hash()}
