@@ -39,7 +39,8 @@ from replicate.errors import ConfigError
 READ_CONSISTENCIES = ("local", "session", "linearizable")
 DEFAULT_CONFIG = Path("cluster.toml")
 
-_CLUSTER_KEYS = {"name", "read_consistency", "connect_timeout_s"}
+_CLUSTER_KEYS = {"name", "read_consistency", "connect_timeout_s", "write_timeout_s",
+                 "apply_timeout_ms"}
 _NODE_KEYS = {"name", "dsn", "proxy", "data_dir"}
 
 
@@ -69,6 +70,8 @@ class ClusterConfig:
     name: str = "replicate"
     read_consistency: str = "linearizable"
     connect_timeout_s: float = 5.0
+    write_timeout_s: float = 15.0
+    apply_timeout_ms: int = 5000
     path: Path | None = field(default=None, compare=False)
 
     def node(self, name: str) -> NodeConfig:
@@ -110,6 +113,13 @@ def _string(table: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def _positive(table: dict[str, Any], key: str, default: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"[cluster]: {key} must be a positive number")
+    return value
+
+
 def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterConfig:
     """Validate an already-parsed TOML document and build a ClusterConfig."""
     _check_keys(data, {"cluster", "nodes"}, "top level")
@@ -122,9 +132,11 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
     if read_consistency not in READ_CONSISTENCIES:
         raise ConfigError(f"[cluster]: read_consistency {read_consistency!r} is not one of "
                           + ", ".join(READ_CONSISTENCIES))
-    timeout = cluster.get("connect_timeout_s", 5.0)
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ConfigError("[cluster]: connect_timeout_s must be a positive number")
+    timeout = _positive(cluster, "connect_timeout_s", 5.0)
+    write_timeout = _positive(cluster, "write_timeout_s", 15.0)
+    apply_timeout = _positive(cluster, "apply_timeout_ms", 5000)
+    if not isinstance(apply_timeout, int):
+        raise ConfigError("[cluster]: apply_timeout_ms must be a whole number of milliseconds")
     name = cluster.get("name", "replicate")
     if not isinstance(name, str) or not name:
         raise ConfigError("[cluster]: name must be a non-empty string")
@@ -163,7 +175,8 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
     if len(set(proxies)) != len(proxies):
         raise ConfigError("two nodes share one proxy address")
     return ClusterConfig(nodes=tuple(nodes), name=name, read_consistency=read_consistency,
-                         connect_timeout_s=float(timeout), path=path)
+                         connect_timeout_s=float(timeout), write_timeout_s=float(write_timeout),
+                         apply_timeout_ms=apply_timeout, path=path)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG) -> ClusterConfig:
@@ -197,6 +210,8 @@ def dump_config(config: ClusterConfig) -> str:
             "name": config.name,
             "read_consistency": config.read_consistency,
             "connect_timeout_s": config.connect_timeout_s,
+            "write_timeout_s": config.write_timeout_s,
+            "apply_timeout_ms": config.apply_timeout_ms,
         },
         "nodes": nodes,
     }

@@ -43,7 +43,8 @@ class LocalProxy:
             return None
         if stat[stat.rfind(b")") + 2:].split()[0] == b"Z":
             return None
-        return pid if b"replicate" in cmdline and b"proxy" in cmdline else None
+        # an empty command line is a child of ours caught between fork and exec
+        return pid if not cmdline or (b"replicate" in cmdline and b"proxy" in cmdline) else None
 
     def is_running(self) -> bool:
         return self.pid() is not None

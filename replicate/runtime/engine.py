@@ -53,7 +53,8 @@ from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.paxos import Config as PaxosConfig
 from replicate.paxos import HardState, Replica, Role
 from replicate.paxos.messages import (
-    AcceptorReply, Commit, Committed, Envelope, Forward, Heartbeat, Value, acceptor, replica,
+    AcceptorReply, Commit, Committed, Envelope, Forward, Heartbeat, Value, acceptor_addr,
+    replica_addr,
 )
 from replicate.runtime import peerwire
 from replicate.runtime.applier import Applier, LocalApplyError
@@ -184,12 +185,12 @@ class Engine:
 
     # ------------------------------------------------------------------ driver
     def _on_acceptor_reply(self, index: int, reply: AcceptorReply) -> None:
-        self._events.put_nowait(("step", Envelope(acceptor(index), replica(self.index), reply)))
+        self._events.put_nowait(("step", Envelope(acceptor_addr(index), replica_addr(self.index), reply)))
 
     def deliver_peer_frame(self, sender: int, frame: Heartbeat | Forward) -> None:
         """A Heartbeat or Forward from proxy ``sender`` (called by the server)."""
         if 0 <= sender < self.n and sender != self.index:
-            self._events.put_nowait(("step", Envelope(replica(sender), replica(self.index), frame)))
+            self._events.put_nowait(("step", Envelope(replica_addr(sender), replica_addr(self.index), frame)))
 
     async def _tick(self) -> None:
         while True:

@@ -13,9 +13,15 @@ from replicate.runtime.server import ProxyServer
 log = logging.getLogger("replicate.proxy")
 
 
-async def serve(config: ClusterConfig, node: str,
-                settings: EngineSettings = EngineSettings()) -> None:
+def settings_for(config: ClusterConfig) -> EngineSettings:
+    return EngineSettings(submit_timeout_s=config.write_timeout_s,
+                          apply_timeout_ms=config.apply_timeout_ms,
+                          connect_timeout_s=min(config.connect_timeout_s, 2.0))
+
+
+async def serve(config: ClusterConfig, node: str, settings: EngineSettings | None = None) -> None:
     """Run until SIGTERM or SIGINT."""
+    settings = settings or settings_for(config)
     me = config.node(node)
     engine = Engine(config, node, settings)
     server = ProxyServer(engine, me.proxy_host, me.proxy_port)

@@ -47,7 +47,8 @@ def test_round_trip(tmp_path: Path) -> None:
     config = ClusterConfig(nodes=(NodeConfig("n1", "host=127.0.0.1 port=5 dbname=postgres",
                                              "127.0.0.1:6", Path("/tmp/n1")),
                                   NodeConfig("n2", "dbname=y", "127.0.0.1:7")),
-                           name="c", read_consistency="local", connect_timeout_s=2.5)
+                           name="c", read_consistency="local", connect_timeout_s=2.5,
+                           write_timeout_s=3.0, apply_timeout_ms=700)
     write_config(config, tmp_path / "cluster.toml")
     assert load_config(tmp_path / "cluster.toml") == config
     assert "data_dir" in dump_config(config)
@@ -68,6 +69,8 @@ def test_round_trip(tmp_path: Path) -> None:
                 {"name": "b", "dsn": "dbname=y", "proxy": "h:1"}]}, "share one proxy"),
     ({"cluster": {"read_consistency": "eventual"},
       "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "read_consistency"),
+    ({"cluster": {"apply_timeout_ms": 1.5},
+      "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "whole number"),
     ({"cluster": {"connect_timeout_s": 0},
       "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "connect_timeout_s"),
     ({"cluster": {"colour": "red"},
