@@ -17,6 +17,8 @@ resolve, as it would on the server.
 from __future__ import annotations
 
 import random
+import re
+from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, Iterator
@@ -37,11 +39,32 @@ _DATA_ROOTS = frozenset({
     "CreateTableAsStmt", "CopyStmt", "TruncateStmt", "LockStmt"})
 
 
+_WORD = re.compile(r"[a-z_\u0080-\U0010ffff][a-z0-9_$\u0080-\U0010ffff]*")
+_WORDS_FROM = 12  # with more names than this, one pass over the words beats substrings
+
+
+@dataclass(frozen=True, slots=True)
+class _Needles:
+    exact: frozenset[str]  # names as stored, to match strings in a parse tree
+    words: frozenset[str]  # lower-cased names that can only appear as a whole word
+    substrings: tuple[str, ...]  # lower-cased spellings searched as substrings
+
+
 @lru_cache(maxsize=16)
-def _needles(catalog: Catalog) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Exact names (as stored) and lower-cased substrings that may refer to them."""
+def _needles(catalog: Catalog) -> _Needles:
     names = {t.name for t in catalog.tables} | {s.name for s in catalog.sequences}
-    return frozenset(names), tuple(sorted({n.lower() for n in names}))
+    words: set[str] = set()
+    subs: set[str] = set()
+    for n in names:
+        low = n.lower()
+        # Identifiers longer than NAMEDATALEN-1 bytes are truncated by the server, so a
+        # long name may be the prefix of a longer word: search those as substrings.
+        if _WORD.fullmatch(low) and len(n.encode()) < 63 and len(names) > _WORDS_FROM:
+            words.add(low)
+        else:
+            subs.add(low)
+            subs.add(low.replace('"', '""'))  # how a quote is written inside "..."
+    return _Needles(frozenset(names), frozenset(words), tuple(sorted(subs)))
 
 
 def mentions_registered(sql: str, catalog: Catalog) -> bool:
@@ -49,17 +72,20 @@ def mentions_registered(sql: str, catalog: Catalog) -> bool:
 
     A reference must contain the name's characters: unquoted names fold to lower case
     (``str.lower`` folds a superset of what PostgreSQL folds), quoted names appear as
-    they are, and a schema qualification or search_path only adds text around the name.
-    The one way to spell a name without its characters is a Unicode escape
+    they are (a ``"`` doubled), and a schema qualification or search_path only adds text
+    around the name; a name truncated to 63 bytes is a prefix of what was written. The
+    one way to spell a name without its characters is a Unicode escape
     (``U&"\\0061ccounts"``), so any ``U&`` sends the string to the full parse.
     """
-    _, lowered = _needles(catalog)
-    if not lowered:
+    needles = _needles(catalog)
+    if not needles.exact:
         return False
     text = sql.lower()
     if "u&" in text:
         return True
-    return any(n in text for n in lowered)
+    if any(n in text for n in needles.substrings):
+        return True
+    return bool(needles.words) and not needles.words.isdisjoint(_WORD.findall(text))
 
 
 def classify(sql: str, catalog: Catalog, *, search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH,
@@ -163,7 +189,7 @@ class _Statement:
                       frozenset(tables))
 
     def names_registered(self, body: Any) -> bool:
-        exact, _ = _needles(self.catalog)
+        exact = _needles(self.catalog).exact
         return any(s in exact for s in _all_strings(body))
 
     def analyse(self, root: str, body: dict) -> Analysis:
@@ -202,9 +228,8 @@ class _Statement:
             (iroot, ibody), = body["query"].items()
             return self.decide(iroot, ibody)
         if root == "DoStmt":
-            src = " ".join(_all_strings(body)).lower()
-            _, lowered = _needles(self.catalog)
-            if any(n in src for n in lowered):
+            src = " ".join(_all_strings(body))
+            if mentions_registered(src, self.catalog):
                 return self.refuse("dynamic-sql",
                                    "a DO block that mentions a registered table cannot be "
                                    "checked by the gate")
@@ -267,14 +292,19 @@ class _Statement:
     def materialise(self, col: ColumnInfo) -> str:
         """The column's default expression with its clock/random calls as literals."""
         expr = col.default or ""
-        stmts = parse("SELECT " + expr)
-        an = Analyzer(self.catalog, ("public",), "SelectStmt")
-        an.walk(default_expression(stmts), frozenset(), True)
-        if an.a.write_problems:
-            p = an.a.write_problems[0]
+        problem, sites, tokens = _default_template(self.catalog, expr)
+        if problem is not None:
             raise GateRefusal("volatile-default",
-                              f"column {col.name!r} defaults to {expr}: {p.message}")
-        data = ("SELECT " + expr).encode()
-        edits = site_edits(an.a.sites, Tokens("SELECT " + expr), self.now, self.rng,
-                           self.materialise)
-        return splice(data, edits)[7:].decode()
+                              f"column {col.name!r} defaults to {expr}: {problem.message}")
+        edits = site_edits(sites, tokens, self.now, self.rng, self.materialise)
+        return splice(("SELECT " + expr).encode(), edits)[7:].decode()
+
+
+@lru_cache(maxsize=1024)
+def _default_template(catalog: Catalog, expr: str) -> tuple[GateRefusal | None, tuple, Tokens]:
+    """Parse and analyse a default expression once per catalog: (problem, sites, tokens)."""
+    text = "SELECT " + expr
+    an = Analyzer(catalog, ("public",), "SelectStmt")
+    an.walk(default_expression(parse(text)), frozenset(), True)
+    problem = an.a.write_problems[0] if an.a.write_problems else None
+    return problem, tuple(an.a.sites), Tokens(text)
