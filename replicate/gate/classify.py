@@ -92,6 +92,8 @@ def classify(sql: str, catalog: Catalog, *, search_path: tuple[str, ...] = DEFAU
              now: datetime, rng: random.Random) -> list[Decision]:
     """Decide how each statement of ``sql`` is treated. Pure: no I/O, no clock, no RNG
     except ``now`` and ``rng``; the same inputs give the same decisions and texts."""
+    if now.tzinfo is None:
+        raise ValueError("classify needs a timezone-aware `now`")
     if not mentions_registered(sql, catalog):
         return [Relay(0, len(sql))]
     data = sql.encode()
