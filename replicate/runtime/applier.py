@@ -168,8 +168,9 @@ class Applier:
         except LocalApplyError:
             raise
         except psycopg.Error as exc:
-            raise LocalApplyError(f"applying slots {entries[0].slot}..{entries[-1].slot} "
-                                  f"failed: {exc}", sqlstate=exc.sqlstate or "58000") from None
+            raise LocalApplyError(f"applying slots {entries[0].slot}..{entries[-1].slot} failed "
+                                  f"({exc.sqlstate or 'no SQLSTATE'}): {exc}",
+                                  sqlstate=exc.sqlstate or "58000") from None
 
     async def _apply(self, conn: psycopg.AsyncConnection,
                      entries: Sequence[ChosenEntry]) -> list[Outcome]:
@@ -179,10 +180,13 @@ class Applier:
         applied = int(row[0]) if row else 0
         if entries[0].slot != applied + 1:
             raise LocalApplyError(f"slot {entries[0].slot} is not next: node applied {applied}")
+        # A lock held on this node past the apply timeout stalls it (a local cause); a
+        # statement may run longer than that before it counts as stuck.
         await cur.execute("SELECT set_config('replicate.applying', 'on', true), "
                           "set_config('synchronous_commit', 'off', true), "
-                          "set_config('statement_timeout', $1, true), "
-                          "set_config('lock_timeout', $1, true)", [str(self.apply_timeout_ms)])
+                          "set_config('lock_timeout', $1, true), "
+                          "set_config('statement_timeout', $2, true)",
+                          [str(self.apply_timeout_ms), str(4 * self.apply_timeout_ms)])
         seen: dict[str, int] = {}
         records: list[_Record] = []
         for chosen in entries:
