@@ -192,6 +192,52 @@ def proxy(
     run_proxy(cluster_config, node)
 
 
+# -- SQL gate ----------------------------------------------------------------
+
+
+@app.command()
+def explain(
+    sql: Annotated[str, typer.Argument(help="The statement(s) to explain.")],
+    config: Annotated[Optional[Path], typer.Option(
+        "--config", help="cluster.toml: read catalog facts from its first reachable node.")] = None,
+    table: Annotated[Optional[list[str]], typer.Option(
+        "--table", help="A registered table (schema.name); repeat for several.")] = None,
+    search_path: Annotated[str, typer.Option(
+        "--search-path", help="The session's search_path, comma-separated.")] = "public",
+    as_json: JsonOption = False,
+) -> None:
+    """Show how the SQL gate treats a statement: relayed, read, replicated or refused."""
+    import random as _random
+    from datetime import datetime, timezone
+
+    from replicate.gate import Catalog
+    from replicate.gate.explain import catalog_from_config
+    from replicate.gate.explain import explain as gate_explain
+
+    tables = table or []
+    catalog = run(lambda: catalog_from_config(config, tables)) if config else Catalog.of(*tables)
+    path = tuple(s.strip().strip('"') for s in search_path.split(",") if s.strip())
+    result = gate_explain(sql, catalog, search_path=path, now=datetime.now(timezone.utc),
+                          rng=_random.Random())
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    styles = {"relay": "dim", "read": "cyan", "replicate": "green", "refuse": "bold red"}
+    for st in result.statements:
+        out.print(f"[{styles[st.action]}]{st.action.upper()}[/]  {st.source}", highlight=False)
+        if st.writes:
+            out.print(f"  writes:    {', '.join(st.writes)}", highlight=False)
+        if st.reads:
+            out.print(f"  reads:     {', '.join(st.reads)}", highlight=False)
+        if st.tables:
+            out.print(f"  tables:    {', '.join(st.tables)}", highlight=False)
+        if st.rewritten is not None and st.rewritten != st.source:
+            out.print(f"  rewritten: {st.rewritten}", highlight=False)
+        if st.action == "refuse":
+            out.print(f"  [red]{st.sqlstate}[/] {st.message}", highlight=False)
+            out.print(f"  hint:      {st.hint}", highlight=False)
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m replicate`
     app()
 
