@@ -84,6 +84,13 @@ class ProxyClient:
             raise ReplicateError(err["message"], hint=err.get("hint"), sqlstate=err["sqlstate"])
         return Outcome.from_json(doc)
 
+    async def barrier(self, timeout: float = 30.0) -> int:
+        """Linearizable barrier: returns once the proxy's node applied a confirmed read index."""
+        reply = await self._request(lambda t: peerwire.ReadIndexRequest(t), timeout)
+        if not reply.ok:
+            raise ReplicateError("the proxy could not confirm a read index", sqlstate="57P03")
+        return reply.index
+
     async def status(self, timeout: float = 5.0) -> dict[str, Any]:
         reply = await self._request(lambda t: peerwire.StatusRequest(t), timeout)
         return json.loads(reply.body)

@@ -47,7 +47,7 @@ from typing import Any
 
 import psycopg
 
-from replicate.command import Entry, Outcome
+from replicate.command import Entry, Outcome, Status
 from replicate.config import ClusterConfig
 from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.paxos import Config as PaxosConfig
@@ -334,6 +334,10 @@ class Engine:
             waiter = self._waiters[rid] = loop.create_future()
         deadline = loop.time() + (timeout if timeout is not None else self.settings.submit_timeout_s)
         try:
+            if request_id is not None:  # a client's retry: it may have been applied already
+                earlier = await self._applied_outcome(rid)
+                if earlier is not None:
+                    return earlier
             while True:
                 proposed = loop.create_future()
                 self._events.put_nowait(("propose", (value, proposed)))
@@ -354,6 +358,23 @@ class Engine:
             f"request {rid} was not applied within its timeout; it may still be applied",
             hint="retry with the same request id to learn its outcome without applying it twice")
 
+    async def _applied_outcome(self, rid: str) -> Outcome | None:
+        """The recorded outcome of request ``rid`` on the local node, if it was applied."""
+        conn = self._hard_conn
+        if conn is None or conn.closed or conn.broken:
+            return None
+        try:
+            row = await (await conn.execute(
+                "SELECT o.slot, o.status, o.command_tag, o.rows_affected, o.sqlstate, o.message, "
+                "o.detail, o.hint FROM replicate.requests r JOIN replicate.outcomes o "
+                "USING (slot) WHERE r.request_id = %s", [rid])).fetchone()
+        except psycopg.Error:
+            return None
+        if row is None:
+            return None
+        return Outcome(row[0], rid, Status.DUPLICATE, row[2], row[3], sqlstate=row[4],
+                       message=row[5], detail=row[6], hint=row[7])
+
     # ------------------------------------------------------------------ reading
     async def read_index(self, timeout: float | None = None) -> int:
         """A commit index that covers every write acknowledged before this call."""
@@ -364,7 +385,7 @@ class Engine:
             rep = self.replica
             if rep is not None and rep.role is Role.LEADER:
                 try:
-                    return await asyncio.wait_for(self._leader_read_index(),
+                    return await asyncio.wait_for(self.leader_read_index(),
                                                   max(0.01, deadline - loop.time()))
                 except (NotLeader, asyncio.TimeoutError):
                     pass
@@ -379,7 +400,7 @@ class Engine:
                                 hint="a majority of nodes may be unreachable")
             await asyncio.sleep(0.05)
 
-    async def _leader_read_index(self) -> int:
+    async def leader_read_index(self) -> int:
         fut = asyncio.get_running_loop().create_future()
         self._read_waiters.append((fut, time.monotonic()))
         self._observe_leadership(self.replica)  # resolves at once if recovery is done

@@ -4,6 +4,9 @@ The first 8 bytes of a connection tell them apart (see ``peerwire``). Peer
 connections carry frames to the engine: Heartbeat and Forward into the Paxos
 driver; Submit, ReadIndexRequest and StatusRequest are answered on the same
 connection, concurrently (one task per request, replies tagged by token).
+ReadIndexRequest means two things: from a proxy, "you are the leader: give me
+a confirmed commit index"; from a client (Hello -1), "linearizable barrier":
+the proxy gets a read index and waits until its own node applied it.
 PostgreSQL clients get a clear FATAL error until the wire-protocol proxy lands.
 A malformed frame closes that connection only.
 """
@@ -98,7 +101,7 @@ class ProxyServer:
                         self.engine.deliver_peer_frame(sender, frame)
                     elif isinstance(frame, (peerwire.Submit, peerwire.ReadIndexRequest,
                                             peerwire.StatusRequest)):
-                        task = asyncio.create_task(self._answer(frame, writer))
+                        task = asyncio.create_task(self._answer(frame, sender, writer))
                         pending.add(task)
                         task.add_done_callback(pending.discard)
                     else:
@@ -107,7 +110,8 @@ class ProxyServer:
             for task in pending:
                 task.cancel()
 
-    async def _answer(self, frame: peerwire.Frame, writer: asyncio.StreamWriter) -> None:
+    async def _answer(self, frame: peerwire.Frame, sender: int,
+                      writer: asyncio.StreamWriter) -> None:
         engine = self.engine
         reply: peerwire.Frame
         if isinstance(frame, peerwire.Submit):
@@ -118,11 +122,18 @@ class ProxyServer:
             except Exception as exc:  # noqa: BLE001 - every failure becomes an error reply
                 body = error_json(exc)
             reply = peerwire.SubmitReply(frame.token, body)
-        elif isinstance(frame, peerwire.ReadIndexRequest):
-            try:
-                index = await asyncio.wait_for(engine._leader_read_index(), 5)
+        elif isinstance(frame, peerwire.ReadIndexRequest) and sender != peerwire.CLIENT:
+            try:  # a follower proxy asks us, the leader, for a confirmed commit index
+                index = await asyncio.wait_for(engine.leader_read_index(), 5)
                 reply = peerwire.ReadIndexReply(frame.token, True, index)
             except Exception:  # noqa: BLE001 - not the leader, or lost it
+                reply = peerwire.ReadIndexReply(frame.token, False, 0)
+        elif isinstance(frame, peerwire.ReadIndexRequest):
+            try:  # a client wants a linearizable barrier: read index, applied locally
+                index = await engine.read_index()
+                await engine.wait_applied(index)
+                reply = peerwire.ReadIndexReply(frame.token, True, index)
+            except Exception:  # noqa: BLE001 - no leader or local node too far behind
                 reply = peerwire.ReadIndexReply(frame.token, False, 0)
         else:
             assert isinstance(frame, peerwire.StatusRequest)

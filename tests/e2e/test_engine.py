@@ -209,3 +209,59 @@ def test_local_apply_failure_stalls_and_resumes(make_cluster) -> None:
     assert slot >= 40
     assert_exactly_once(keys, log.acked)
     assert asyncio.run(statuses(cluster))["n3"]["stalled"] is None
+
+
+def test_barrier_waits_for_the_local_node_and_sees_earlier_writes(make_cluster) -> None:
+    cluster = make_cluster(3)
+    start_replicated(cluster, apply_timeout_ms=200)
+    reader_node = cluster.nodes[2]
+
+    async def run() -> None:
+        c1, c3 = await clients(cluster, {"n1", "n3"})
+        for i in range(10):  # write through n1, barrier through n3, then read n3's node
+            assert (await c1.submit(Entry("INSERT INTO events VALUES ($1)",
+                                          (Param(f"r{i}".encode()),)))).ok
+            index = await c3.barrier()
+            with psycopg.connect(reader_node.dsn) as conn:
+                keys = {r[0] for r in conn.execute("SELECT k FROM events")}
+            assert f"r{i}" in keys and index >= i + 1
+        # While n3 cannot apply, its barrier must wait rather than answer early.
+        holder = psycopg.connect(reader_node.dsn)
+        holder.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        assert (await c1.submit(Entry("INSERT INTO events VALUES ('late')"))).ok
+        barrier = asyncio.create_task(c3.barrier())
+        await asyncio.sleep(1.5)
+        assert not barrier.done()
+        holder.rollback()
+        holder.close()
+        await asyncio.wait_for(barrier, 20)
+        with psycopg.connect(reader_node.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM events WHERE k = 'late'").fetchone() == (1,)
+        await c1.close()
+        await c3.close()
+
+    asyncio.run(run())
+
+
+def test_retried_request_id_applies_once(make_cluster) -> None:
+    cluster = make_cluster(3)
+    start_replicated(cluster)
+    entry = Entry("INSERT INTO events VALUES ('once') RETURNING k")
+
+    async def run():
+        c1, c2 = await clients(cluster, {"n1", "n2"})
+        first = await c1.submit(entry, request_id="client-42")
+        again = await c2.submit(entry, request_id="client-42")  # a retry through another proxy
+        await c1.close()
+        await c2.close()
+        return first, again
+
+    first, again = asyncio.run(run())
+    assert first.status.value == "ok" and first.rows == ((b"once",),)
+    # Either the retry found the first application (same slot) or a later slot held a copy
+    # that the applier recognised and did not run.
+    assert (again.status.value == "ok" and again.slot == first.slot) \
+        or again.status.value == "duplicate"
+    assert again.command_tag == "INSERT 0 1" and again.ok
+    _, keys = wait_converged(cluster)
+    assert keys == ["once"]

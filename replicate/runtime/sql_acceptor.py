@@ -1,0 +1,118 @@
+"""The acceptor in a PostgreSQL node: Paxos requests as calls of the ``sql/`` functions.
+
+``encode(request)`` gives the SQL and its parameters, ``decode(request, rows)`` turns the rows
+the function returned into the core's reply; both are pure, shared by ``call`` (sync) and
+``acall`` (asyncio). One request is one function call, which on an autocommit connection is
+one transaction: the reply is durable when it is decoded.
+
+==============  ====================================================  ====================
+request         SQL                                                   reply
+==============  ====================================================  ====================
+``Prepare``     ``replicate.prepare(round, proposer, from_slot)``     ``Promise | Nack``
+``Accept``      ``replicate.accept(round, proposer, first_slot,       ``Accepted | Nack``
+                request_ids[], payloads[], commit_upto)``
+``Commit``      ``replicate.commit(round, proposer, commit_upto)``    ``Committed | Nack``
+``Fetch``       ``replicate.fetch(from_slot, limit)``                 ``Fetched``
+==============  ====================================================  ====================
+
+Hot path: every parameter is typed (``Int8``/``Int4``, ``text[]``, ``bytea[]``) and sent in
+binary, and results come back in binary, so payloads never go through hex; the SQL text is
+constant per operation, so psycopg prepares it server-side after a few calls.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import psycopg
+from psycopg.types.numeric import Int4, Int8
+
+from replicate.errors import ProtocolError
+from replicate.paxos.ballot import Ballot
+from replicate.paxos.messages import (
+    Accept, Accepted, AcceptedEntry, AcceptorReply, AcceptorRequest, ChosenEntry, Commit,
+    Committed, Fetch, Fetched, Nack, Prepare, Promise, Value,
+)
+
+PREPARE_SQL = "SELECT * FROM replicate.prepare(%b, %b, %b)"
+ACCEPT_SQL = "SELECT * FROM replicate.accept(%b, %b, %b, %b::text[], %b::bytea[], %b)"
+COMMIT_SQL = "SELECT * FROM replicate.commit(%b, %b, %b)"
+FETCH_SQL = "SELECT * FROM replicate.fetch(%b, %b)"
+
+
+def encode(request: AcceptorRequest) -> tuple[str, tuple[Any, ...]]:
+    """The SQL and parameters that perform ``request`` in one node."""
+    if isinstance(request, Accept):
+        b = request.ballot
+        return ACCEPT_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.first_slot),
+                            [v.request_id for v in request.values],
+                            [v.payload for v in request.values], Int8(request.commit_upto))
+    if isinstance(request, Commit):
+        b = request.ballot
+        return COMMIT_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.commit_upto))
+    if isinstance(request, Prepare):
+        b = request.ballot
+        return PREPARE_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.from_slot))
+    if isinstance(request, Fetch):
+        return FETCH_SQL, (Int8(request.from_slot), Int4(request.limit))
+    raise TypeError(f"not an acceptor request: {request!r}")
+
+
+def _one(rows: Sequence[Sequence[Any]], what: str) -> Sequence[Any]:
+    if len(rows) != 1:
+        raise ProtocolError(f"replicate.{what} returned {len(rows)} rows, expected one")
+    return rows[0]
+
+
+def _ok_or_nack(request: Accept | Commit, rows: Sequence[Sequence[Any]], what: str,
+                reply: AcceptorReply) -> AcceptorReply:
+    ok, promised_round, promised_proposer = _one(rows, what)
+    if ok:
+        return reply
+    return Nack(request.ballot, Ballot(promised_round, promised_proposer))
+
+
+def decode(request: AcceptorRequest, rows: Sequence[Sequence[Any]]) -> AcceptorReply:
+    """The core's reply to ``request``, from the rows its function returned."""
+    if isinstance(request, Accept):
+        return _ok_or_nack(request, rows, "accept", Accepted(
+            request.ballot, request.first_slot, request.last_slot, request.commit_upto))
+    if isinstance(request, Commit):
+        return _ok_or_nack(request, rows, "commit",
+                           Committed(request.ballot, request.commit_upto))
+    if isinstance(request, Prepare):
+        if not rows:
+            raise ProtocolError("replicate.prepare returned no rows")
+        first = rows[0]
+        if not first[0]:
+            _one(rows, "prepare")
+            return Nack(request.ballot, Ballot(first[1], first[2]))
+        accepted = tuple(
+            AcceptedEntry(slot, Ballot(ballot_round, ballot_proposer),
+                          Value(request_id, bytes(payload)), chosen)
+            for _, _, _, slot, ballot_round, ballot_proposer, request_id, payload, chosen in rows
+            if slot is not None)
+        return Promise(request.ballot, request.from_slot, accepted)
+    if isinstance(request, Fetch):
+        return Fetched(request.from_slot, tuple(
+            ChosenEntry(slot, Value(request_id, bytes(payload)))
+            for slot, request_id, payload in rows))
+    raise TypeError(f"not an acceptor request: {request!r}")
+
+
+def call(conn: psycopg.Connection, request: AcceptorRequest) -> AcceptorReply:
+    """Perform ``request`` in the node behind ``conn`` (autocommit: one transaction)."""
+    if not conn.autocommit:
+        raise ValueError("the acceptor connection must be in autocommit mode")
+    sql, params = encode(request)
+    rows = conn.execute(sql, params, binary=True).fetchall()
+    return decode(request, rows)
+
+
+async def acall(conn: psycopg.AsyncConnection, request: AcceptorRequest) -> AcceptorReply:
+    """Async twin of ``call``."""
+    if not conn.autocommit:
+        raise ValueError("the acceptor connection must be in autocommit mode")
+    sql, params = encode(request)
+    cur = await conn.execute(sql, params, binary=True)
+    return decode(request, await cur.fetchall())
