@@ -84,6 +84,9 @@ ORDER_SENSITIVE_WINDOWS: frozenset[str] = frozenset({
     "row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag",
     "lead", "first_value", "last_value", "nth_value"})
 
+#: System columns: physical row places and transaction ids, different on every node.
+SYSTEM_COLUMNS: frozenset[str] = frozenset({"ctid", "xmin", "xmax", "cmin", "cmax", "tableoid"})
+
 #: Date/time input strings that read the node's clock when cast.
 CLOCK_WORDS: frozenset[str] = frozenset({"now", "today", "tomorrow", "yesterday"})
 TEXT_TYPES: frozenset[str] = frozenset(
@@ -169,6 +172,11 @@ def _single_row(s: dict) -> bool:
         return False
     return all(n in PG_CATALOG_FUNCTIONS and n not in PG_CATALOG_SETOF
                for n in _func_names(targets))
+
+
+def _given(node: Any) -> bool:
+    """A LIMIT/OFFSET clause that is there and not ``ALL``/``NULL``."""
+    return node is not None and not node.get("A_Const", {}).get("isnull", False)
 
 
 def _select_width(sel: dict) -> int:
@@ -313,7 +321,7 @@ class Analyzer:
                 continue
             if isinstance(v, (dict, list)):
                 self.walk(v, ctes, once if key == "valuesLists" else single)
-        limited = (s.get("limitCount") is not None or s.get("limitOffset") is not None)
+        limited = (_given(s.get("limitCount")) or _given(s.get("limitOffset")))
         distinct_on = any(d for d in s.get("distinctClause") or [])
         if limited or distinct_on:
             with_ties = s.get("limitOption") == "LIMIT_OPTION_WITH_TIES"
@@ -463,6 +471,23 @@ class Analyzer:
                             f"MERGE ... INSERT leaves column {c.name!r} to its default "
                             f"{c.default}, which differs between nodes"))
                         break
+
+    def v_ColumnRef(self, s: dict, ctes: frozenset[str], once: bool) -> None:
+        last = s["fields"][-1]
+        if "String" in last and last["String"]["sval"] in SYSTEM_COLUMNS:
+            self.a.write_problems.append(GateRefusal(
+                "node-dependent",
+                f"system column {last['String']['sval']} is physical and differs between "
+                "nodes", hint="Identify rows by their key columns instead."))
+
+    def v_RangeTableSample(self, s: dict, ctes: frozenset[str], once: bool) -> None:
+        self.a.write_problems.append(GateRefusal(
+            "limit-order", "TABLESAMPLE picks rows by their physical place, which differs "
+                           "between nodes",
+            hint="Select the rows by key, e.g. WHERE id % 10 = 0."))
+        self.walk(s.get("relation"), ctes, once)
+        self.walk(s.get("args"), ctes, once)
+        self.walk(s.get("repeatable"), ctes, once)
 
     def v_SubLink(self, s: dict, ctes: frozenset[str], once: bool) -> None:
         for key, v in s.items():

@@ -193,8 +193,12 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S')
 """
 
 _COLUMNS_SQL = """
-SELECT a.attname, pg_get_expr(d.adbin, d.adrelid), a.attgenerated <> '', a.attidentity <> ''
-FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+SELECT a.attname,
+       coalesce(pg_get_expr(d.adbin, d.adrelid), pg_get_expr(t.typdefaultbin, 0)),
+       a.attgenerated <> '', a.attidentity <> ''
+FROM pg_attribute a
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+LEFT JOIN pg_type t ON t.oid = a.atttypid AND t.typtype = 'd'
 WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
 ORDER BY a.attnum
 """

@@ -17,6 +17,7 @@ NOW = datetime(2026, 11, 26, 8, 0, 0, 123456, tzinfo=timezone.utc)
 
 SCHEMA = """
 CREATE SCHEMA app;
+CREATE DOMAIN stamp AS timestamptz DEFAULT clock_timestamp();
 CREATE TABLE accounts (
     id serial PRIMARY KEY,
     owner text NOT NULL,
@@ -26,7 +27,8 @@ CREATE TABLE accounts (
     balance numeric DEFAULT 0,
     note text DEFAULT 'x'::text,
     nick text UNIQUE,
-    gen int GENERATED ALWAYS AS (length(owner)) STORED
+    gen int GENERATED ALWAYS AS (length(owner)) STORED,
+    seen stamp
 );
 CREATE TABLE app."Orders" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, total int);
 CREATE TABLE local_log (x int);
@@ -56,6 +58,7 @@ def test_load_catalog_reads_tables_defaults_keys_functions(node) -> None:
     assert cols["updated"].volatile_default
     assert not cols["balance"].volatile_default and not cols["note"].volatile_default
     assert cols["gen"].default is None and not cols["gen"].volatile_default
+    assert cols["seen"].default == "clock_timestamp()" and cols["seen"].volatile_default
     assert frozenset({"id"}) in acc.unique_keys and frozenset({"token"}) in acc.unique_keys
     assert frozenset({"nick"}) not in acc.unique_keys  # nullable: does not fix an order
     orders = cat.tables[TableName("app", "Orders")]
