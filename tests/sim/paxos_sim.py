@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from replicate.paxos import (
-    Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role, Value,
+    Accept, Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role, Value,
     acceptor_addr,
 )
 from replicate.paxos.messages import AcceptorRequest
@@ -84,7 +84,7 @@ class Sim:
                  storage_factory: Callable[[], InMemoryAcceptorStorage] = InMemoryAcceptorStorage,
                  replica_class: type[Replica] = Replica,
                  config: Callable[[int], Config] | None = None,
-                 fault_ticks: int = 300, settle_ticks: int = 400, requests: int = 80,
+                 fault_ticks: int = 500, settle_ticks: int = 800, requests: int = 150,
                  client_timeout: int = 40, record: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -106,13 +106,16 @@ class Sim:
         self.rules = acceptor_rules or Acceptor()
         self.storage_factory = storage_factory
         self.replica_class = replica_class
-        self.config = config(self.n) if config else Config(n=self.n)
+        self.config = config(self.n) if config else Config(
+            n=self.n, window=r.choice((1, 2, 4, 8)), max_batch=r.choice((4, 16)),
+            heartbeat_ticks=r.choice((2, 3, 5)), election_ticks=r.choice((8, 10, 20)))
         self.fault_ticks = fault_ticks
         self.settle_ticks = settle_ticks
         self.n_requests = requests
         self.client_timeout = client_timeout
         self.now = 0
         self.faults = True
+        self._kill_leader = False
         self.events = 0
         self._hash = hashlib.sha256()
         self.record = record
@@ -181,9 +184,13 @@ class Sim:
                 if rd.hard_state.round < self.hard[i].round:
                     self.fail(f"replica {i} persisted a lower round {rd.hard_state}")
                 self.hard[i] = rd.hard_state
-            if self.faults and rd.messages and self.rng.random() < self.profile.p_crash_midsend:
+            if self.faults and rd.messages and (
+                    self.rng.random() < self.profile.p_crash_midsend
+                    or (self._kill_leader and rep.role is Role.LEADER
+                        and any(isinstance(e.msg, Accept) for e in rd.messages))):
+                self._kill_leader = False
                 # crash after sending only some of the messages (e.g. accepts reached a minority)
-                for env in rd.messages[:self.rng.randrange(len(rd.messages))]:
+                for env in rd.messages[:self.rng.randrange(1, len(rd.messages) + 1)]:
                     self._send(env)
                 self._crash_replica(i)
                 return
@@ -287,10 +294,13 @@ class Sim:
                 self.acceptor_down_until[i] = self.now + self._downtime()
                 self._log(f"crash a{i}")
         if r.random() < p.p_crash_leader:  # kill the leader, as Jepsen would
-            for i, rep in enumerate(self.replicas):
-                if rep is not None and rep.role is Role.LEADER:
-                    self._crash_replica(i)
-                    break
+            if r.random() < 0.5:  # ... while it sends its next batch of accepts
+                self._kill_leader = True
+            else:
+                for i, rep in enumerate(self.replicas):
+                    if rep is not None and rep.role is Role.LEADER:
+                        self._crash_replica(i)
+                        break
         if r.random() < p.p_partition:
             if r.random() < 0.5:
                 a, b = r.sample(range(self.n), 2)
@@ -338,7 +348,7 @@ class Sim:
 
     def _clients(self) -> None:
         r = self.rng
-        if len(self.requests) < self.n_requests and r.random() < 0.5:
+        if len(self.requests) < self.n_requests and r.random() < 0.4:
             k = len(self.requests)
             v = Value(f"q{k}", f"payload {k}".encode())
             self.proposed.add(v)
