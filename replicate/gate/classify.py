@@ -289,7 +289,7 @@ class _Statement:
                                    registered)
             text = splice(text, [(s - self.start, e - self.start, t) for s, e, t in edits])
         return Replicate(self.start, self.end, text.decode(), frozenset(writes),
-                         frozenset(a.reads), a.copy_in)
+                         frozenset(a.reads), a.copy_in, self.path)
 
     def materialise(self, col: ColumnInfo) -> str:
         """The column's default expression with its clock/random calls as literals."""

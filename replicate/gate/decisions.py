@@ -41,7 +41,9 @@ class Replicate:
     spliced into the client's own text (equal to the source when nothing was rewritten).
     ``writes`` are the registered tables (and owned sequences) it changes, ``reads`` the
     registered tables it reads. ``copy_in`` marks ``COPY ... FROM STDIN``: the data rows
-    follow in the COPY sub-protocol and belong to the same log entry.
+    follow in the COPY sub-protocol and belong to the same log entry. ``search_path`` is
+    the path the names were resolved under (a ``SET search_path`` earlier in the same
+    string changes it); the log entry must carry it.
     """
 
     start: int
@@ -50,6 +52,7 @@ class Replicate:
     writes: frozenset[TableName] = frozenset()
     reads: frozenset[TableName] = frozenset()
     copy_in: bool = False
+    search_path: tuple[str, ...] = ()
     kind: str = "replicate"
 
 

@@ -174,3 +174,11 @@ def test_reads_are_left_untouched() -> None:
 def test_empty_catalog_relays_everything_fast() -> None:
     assert classify("DELETE FROM accounts", Catalog(), now=NOW, rng=random.Random(1)) == \
         [Relay(0, 20)]
+
+
+def test_replicate_carries_the_search_path_it_was_resolved_under() -> None:
+    ds = classify("UPDATE ledger SET amount = 1; SET search_path = app, public; "
+                  "UPDATE counters SET n = 1", CATALOG, now=NOW, rng=random.Random(1))
+    assert ds[0].search_path == ("public",)
+    assert ds[2].search_path == ("app", "public")
+    assert ds[2].writes == {TableName("app", "counters")}
