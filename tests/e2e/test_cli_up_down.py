@@ -46,6 +46,7 @@ def test_up_kill_up_down(cluster_dir: Path) -> None:
     report = json.loads(result.stdout)
     assert report["created"] is True
     assert [n["status"] for n in report["nodes"]] == ["running"] * 3
+    assert [n["proxy_status"] for n in report["nodes"]] == ["running"] * 3
 
     config = load_config(cluster_dir / "cluster.toml")
     assert [n.name for n in config.nodes] == ["n1", "n2", "n3"]
@@ -59,12 +60,17 @@ def test_up_kill_up_down(cluster_dir: Path) -> None:
     again = replicate("up", "--dir", str(cluster_dir), "--detach", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["started"] == ["n2"]
+    os.kill(json.loads(again.stdout)["nodes"][0]["proxy_pid"], signal.SIGKILL)
+    time.sleep(0.2)
+    third = replicate("up", "--dir", str(cluster_dir), "--detach", "--json")
+    assert json.loads(third.stdout)["started"] == ["proxy n1"]
     with psycopg.connect(victim.dsn, connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
     down = replicate("down", "--dir", str(cluster_dir), "--json")
     assert down.returncode == 0, down.stderr
     assert [n["status"] for n in json.loads(down.stdout)["nodes"]] == ["stopped"] * 3
+    assert [n["proxy_status"] for n in json.loads(down.stdout)["nodes"]] == ["stopped"] * 3
     assert processes_under(cluster_dir) == []
 
 
