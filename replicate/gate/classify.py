@@ -106,6 +106,8 @@ def classify(sql: str, catalog: Catalog, *, search_path: tuple[str, ...] = DEFAU
         stmts = parse(sql)
     except pg.ParseError as e:
         return [Refuse(0, len(sql), GateRefusal("syntax", f"cannot parse statement: {e}"))]
+    if not stmts:  # only comments and whitespace: the server answers EmptyQueryResponse
+        return [Relay(0, len(sql))]
     tokens: list[Tokens] = []  # scanned lazily, at most once
 
     def get_tokens() -> Tokens:
@@ -122,7 +124,13 @@ def classify(sql: str, catalog: Catalog, *, search_path: tuple[str, ...] = DEFAU
             end -= 1
         (root, body), = raw["stmt"].items()
         ctx = _Statement(catalog, path, now, rng, data, start, end, get_tokens)
-        decision = ctx.decide(root, body)
+        try:
+            decision = ctx.decide(root, body)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
+            # A parse tree shape the gate does not know: fail closed, say what broke.
+            decision = ctx.refuse("unclassified", f"the gate cannot classify this "
+                                  f"{root.removesuffix('Stmt')} statement "
+                                  f"({type(e).__name__}: {e})")
         out.append(_at(decision, char(start), char(end)))
         path = _next_search_path(root, body, path)
     return out

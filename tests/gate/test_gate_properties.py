@@ -182,3 +182,33 @@ def test_replicate_carries_the_search_path_it_was_resolved_under() -> None:
     assert ds[0].search_path == ("public",)
     assert ds[2].search_path == ("app", "public")
     assert ds[2].writes == {TableName("app", "counters")}
+
+
+@st.composite
+def mangled(draw):
+    case = draw(st.sampled_from(load_cases()))
+    sql = case.sql
+    op = draw(st.sampled_from(["prefix", "suffix", "splice", "same"]))
+    if op == "prefix":
+        return sql[:draw(st.integers(0, len(sql)))]
+    if op == "suffix":
+        return sql[draw(st.integers(0, len(sql))):]
+    if op == "splice":
+        other = draw(st.sampled_from(load_cases())).sql
+        i = draw(st.integers(0, len(sql)))
+        return sql[:i] + draw(st.sampled_from([";", " ", "(", "'", "$$", "--", "/*"])) + \
+            other + sql[i:]
+    return sql
+
+
+@settings(max_examples=400, deadline=None)
+@given(mangled())
+def test_any_text_gets_decisions_covering_valid_offsets(sql: str) -> None:
+    ds = classify(sql, CATALOG, now=NOW, rng=random.Random(1))
+    assert ds
+    last = 0
+    for d in ds:
+        assert last <= d.start <= d.end <= len(sql)
+        last = d.end
+        if isinstance(d, Refuse):
+            assert d.error.reason in ("syntax", "unclassified") or d.error.message
