@@ -7,7 +7,8 @@ connection, concurrently (one task per request, replies tagged by token).
 ReadIndexRequest means two things: from a proxy, "you are the leader: give me
 a confirmed commit index"; from a client (Hello -1), "linearizable barrier":
 the proxy gets a read index and waits until its own node applied it.
-PostgreSQL clients get a clear FATAL error until the wire-protocol proxy lands.
+Every other connection is a PostgreSQL client, relayed to the local node
+(``replicate.runtime.relay``).
 A malformed frame closes that connection only.
 """
 
@@ -22,6 +23,7 @@ from replicate.errors import ProtocolError, ReplicateError
 from replicate.paxos.messages import Forward, Heartbeat
 from replicate.runtime import peerwire
 from replicate.runtime.engine import Engine
+from replicate.runtime.relay import backend_address, relay_client
 
 log = logging.getLogger("replicate.server")
 
@@ -49,6 +51,7 @@ class ProxyServer:
         self.port = port
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task] = set()
+        self.hooks = None  # interception of PostgreSQL clients' messages (see relay.py)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._accept, self.host, self.port,
@@ -70,9 +73,9 @@ class ProxyServer:
             if peerwire.is_peer_startup(first):
                 await self._peer_session(reader, writer)
             else:
-                writer.write(pg_fatal("0A000", "this replicate proxy does not serve PostgreSQL "
-                                               "clients yet; connect to the node directly"))
-                await writer.drain()
+                engine = self.engine
+                await relay_client(first, reader, writer, hooks=self.hooks,
+                                   backend=backend_address(engine.config.nodes[engine.index].dsn))
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
             pass
         except ProtocolError as exc:
