@@ -1,0 +1,227 @@
+"""The replicate schema on real PostgreSQL: install, idempotence, versions, concurrency, guard."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import psycopg
+import pytest
+
+from replicate.errors import ReplicateError
+from replicate.runtime import schema
+from replicate.runtime.schema import SCHEMA_VERSION, SchemaError
+
+TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "requests",
+          "registered_tables", "members"}
+FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard"}
+
+# Everything in schema replicate that an install could change: relations with their columns,
+# indexes, constraints, and function bodies.
+CATALOG_SNAPSHOT = """
+SELECT 'rel', c.relname || ':' || c.relkind::text || ':' || c.relfilenode::text
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'replicate'
+UNION ALL
+SELECT 'col', c.relname || '.' || a.attname || ':' || format_type(a.atttypid, a.atttypmod)
+       || ':' || a.attnotnull::text
+  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE n.nspname = 'replicate' AND a.attnum > 0 AND NOT a.attisdropped
+UNION ALL
+SELECT 'con', conname || ':' || pg_get_constraintdef(co.oid)
+  FROM pg_constraint co JOIN pg_namespace n ON n.oid = co.connamespace
+ WHERE n.nspname = 'replicate'
+UNION ALL
+SELECT 'fn', p.oid::text || ':' || p.proname || ':' || md5(p.prosrc) || ':' || p.xmin::text
+  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'replicate'
+UNION ALL
+SELECT 'row', key || '=' || value FROM replicate.meta
+ORDER BY 1, 2
+"""
+
+
+def connect(dsn: str, **kwargs) -> psycopg.Connection:
+    return psycopg.connect(dsn, connect_timeout=10, **kwargs)
+
+
+def test_install_on_a_fresh_database(fresh_db: list[str]) -> None:
+    with connect(fresh_db[0]) as conn:
+        assert schema.installed_version(conn) is None
+        assert schema.install(conn) == SCHEMA_VERSION
+        assert schema.installed_version(conn) == SCHEMA_VERSION
+        tables = {r[0] for r in conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'replicate'")}
+        assert tables == TABLES
+        functions = {r[0] for r in conn.execute(
+            "SELECT proname FROM pg_proc WHERE pronamespace = 'replicate'::regnamespace")}
+        assert functions == FUNCTIONS
+        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 0, 0)]
+        assert conn.execute("SELECT * FROM replicate.applied").fetchall() == [(True, 0)]
+        assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'log_unchosen'"
+                            ).fetchone()[0].endswith("WHERE (NOT chosen)")
+        # The one-row tables refuse a second row.
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute("INSERT INTO replicate.acceptor (id) VALUES (false)")
+
+
+def test_install_twice_changes_nothing(fresh_db: list[str]) -> None:
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("UPDATE replicate.acceptor SET promised_round = 7, promised_proposer = 2")
+        conn.execute("INSERT INTO replicate.log VALUES (1, 7, 2, 'r1', 'x', true)")
+        before = conn.execute(CATALOG_SNAPSHOT).fetchall()
+        assert schema.install(conn) == SCHEMA_VERSION
+        assert conn.execute(CATALOG_SNAPSHOT).fetchall() == before
+        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 7, 2)]
+        assert conn.execute("SELECT count(*) FROM replicate.log").fetchone() == (1,)
+
+
+def test_install_is_one_transaction_on_autocommit_and_plain_connections(
+        fresh_db: list[str]) -> None:
+    # Plain (non-autocommit) connection: install commits its own transaction.
+    with connect(fresh_db[0]) as conn:
+        schema.install(conn)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with connect(fresh_db[0]) as other:
+        assert schema.installed_version(other) == SCHEMA_VERSION
+
+
+def test_newer_schema_is_refused(fresh_db: list[str]) -> None:
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("UPDATE replicate.meta SET value = %s WHERE key = 'schema_version'",
+                     (str(SCHEMA_VERSION + 1),))
+        before = conn.execute(CATALOG_SNAPSHOT).fetchall()
+        with pytest.raises(SchemaError) as caught:
+            schema.install(conn)
+        assert isinstance(caught.value, ReplicateError)
+        assert caught.value.sqlstate == "55000"
+        assert f"version {SCHEMA_VERSION + 1}, newer" in caught.value.message
+        assert caught.value.hint
+        assert conn.execute(CATALOG_SNAPSHOT).fetchall() == before
+        assert schema.installed_version(conn) == SCHEMA_VERSION + 1
+
+
+def test_older_schema_is_upgraded(fresh_db: list[str]) -> None:
+    # A node at version 0 (tables from before versioning, a function missing): install runs
+    # every file of versions above 0, keeps the data, and records the current version.
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("INSERT INTO replicate.log VALUES (1, 1, 0, 'r1', 'x', false)")
+        conn.execute("DROP FUNCTION replicate.fetch(bigint, integer)")
+        conn.execute("UPDATE replicate.meta SET value = '0' WHERE key = 'schema_version'")
+        assert schema.install(conn) == SCHEMA_VERSION
+        assert schema.installed_version(conn) == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM replicate.fetch(1, 10)").fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM replicate.log").fetchone() == (1,)
+
+
+def test_concurrent_installs_all_succeed(fresh_db: list[str]) -> None:
+    barrier = threading.Barrier(4)
+    results: list[object] = []
+
+    def worker() -> None:
+        try:
+            with connect(fresh_db[0]) as conn:
+                barrier.wait()
+                results.append(schema.install(conn))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert results == [SCHEMA_VERSION] * 4
+    with connect(fresh_db[0]) as conn:
+        assert conn.execute("SELECT count(*) FROM replicate.acceptor").fetchone() == (1,)
+
+
+def test_ainstall(fresh_db: list[str]) -> None:
+    async def go() -> tuple[int | None, int, int | None]:
+        async with await psycopg.AsyncConnection.connect(fresh_db[1]) as conn:
+            before = await schema.ainstalled_version(conn)
+            after = await schema.ainstall(conn)
+            again = await schema.ainstall(conn)
+            assert again == after
+            return before, after, await schema.ainstalled_version(conn)
+
+    assert asyncio.run(go()) == (None, SCHEMA_VERSION, SCHEMA_VERSION)
+
+
+def test_every_node_gets_its_own_schema(fresh_db: list[str]) -> None:
+    for dsn in fresh_db:
+        with connect(dsn) as conn:
+            assert schema.install(conn) == SCHEMA_VERSION
+    for dsn in fresh_db:
+        with connect(dsn) as conn:
+            assert schema.installed_version(conn) == SCHEMA_VERSION
+
+
+def test_save_round_never_decreases(fresh_db: list[str]) -> None:
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        save = "SELECT replicate.save_round(%s, %s)"
+        assert conn.execute(save, (2, 5)).fetchone() == (5,)
+        assert conn.execute(save, (2, 3)).fetchone() == (5,)
+        assert conn.execute(save, (2, 9)).fetchone() == (9,)
+        assert conn.execute(save, (1, 1)).fetchone() == (1,)
+        assert conn.execute("SELECT * FROM replicate.replica_state ORDER BY 1").fetchall() == [
+            (1, 1), (2, 9)]
+
+
+# -- the guard trigger ------------------------------------------------------------------------
+
+WRITES = [
+    ("INSERT", "INSERT INTO public.items VALUES (2, 'b')"),
+    ("UPDATE", "UPDATE public.items SET name = 'z'"),
+    ("DELETE", "DELETE FROM public.items"),
+]
+
+
+@pytest.fixture(params=["STATEMENT", "ROW"])
+def guarded(request, fresh_db: list[str]):
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("CREATE TABLE public.items (id int PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO public.items VALUES (1, 'a')")
+        events = "INSERT OR UPDATE OR DELETE" + (" OR TRUNCATE" if request.param == "STATEMENT"
+                                                 else "")
+        conn.execute(f"CREATE TRIGGER replicate_guard BEFORE {events} ON public.items "
+                     f"FOR EACH {request.param} EXECUTE FUNCTION replicate.guard()")
+        yield conn
+
+
+@pytest.mark.parametrize("op,sql", WRITES)
+def test_guard_refuses_direct_writes(guarded: psycopg.Connection, op: str, sql: str) -> None:
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as caught:
+        guarded.execute(sql)
+    diag = caught.value.diag
+    assert diag.sqlstate == "55000"
+    assert diag.message_primary == f"{op} on table public.items refused: the table is " \
+                                   f"replicated by replicate"
+    assert "replicate proxy" in diag.message_hint
+    assert guarded.execute("SELECT * FROM public.items").fetchall() == [(1, "a")]
+
+
+@pytest.mark.parametrize("guarded", ["STATEMENT"], indirect=True)  # rows cannot see TRUNCATE
+def test_guard_refuses_truncate(guarded: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        guarded.execute("TRUNCATE public.items")
+
+
+@pytest.mark.parametrize("op,sql", WRITES)
+def test_guard_lets_the_applier_through(guarded: psycopg.Connection, op: str, sql: str) -> None:
+    with guarded.transaction():
+        guarded.execute("SET LOCAL replicate.applying = on")
+        cur = guarded.execute(sql)
+        assert cur.rowcount == 1
+    # SET LOCAL ended with the transaction: the next direct write is refused again.
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        guarded.execute("INSERT INTO public.items VALUES (3, 'c')")
+    # Only 'on' opens the guard.
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        with guarded.transaction():
+            guarded.execute("SET LOCAL replicate.applying = off")
+            guarded.execute("INSERT INTO public.items VALUES (3, 'c')")

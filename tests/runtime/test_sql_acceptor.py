@@ -1,0 +1,277 @@
+"""The PL/pgSQL acceptor against the Python reference (``Acceptor`` + ``InMemoryAcceptorStorage``).
+
+The differential test generates sequences of acceptor requests over a small space (rounds 0..4,
+proposers 0..2, slots 1..8, a pool of values that share request ids and payloads, incl. the
+no-op), so that ballots collide, batches overlap and chosen marks are set, kept and dropped
+often. After every request both replies must be equal; after every sequence both end states
+(promise, and every log row with its chosen mark). ``REPLICATE_DIFF_EXAMPLES`` raises the number
+of sequences (default 200).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from replicate.paxos.acceptor import Acceptor, InMemoryAcceptorStorage
+from replicate.paxos.ballot import Ballot
+from replicate.paxos.messages import (
+    NOOP, Accept, Accepted, AcceptedEntry, ChosenEntry, Commit, Committed, Fetch, Fetched, Nack,
+    Prepare, Promise, Value,
+)
+from replicate.runtime import schema
+from replicate.runtime.sql_acceptor import acall, call, decode, encode
+
+EXAMPLES = int(os.environ.get("REPLICATE_DIFF_EXAMPLES", "200"))
+
+RESET = ("TRUNCATE replicate.log; "
+         "UPDATE replicate.acceptor SET promised_round = 0, promised_proposer = 0")
+
+
+@pytest.fixture
+def conn(fresh_db: list[str]):
+    with psycopg.connect(fresh_db[0], autocommit=True, connect_timeout=10) as conn:
+        schema.install(conn)
+        yield conn
+
+
+def sql_state(conn: psycopg.Connection) -> tuple[Ballot, dict[int, AcceptedEntry]]:
+    promised = Ballot(*conn.execute(
+        "SELECT promised_round, promised_proposer FROM replicate.acceptor").fetchone())
+    rows = conn.execute("SELECT slot, ballot_round, ballot_proposer, request_id, payload, chosen "
+                        "FROM replicate.log ORDER BY slot").fetchall()
+    return promised, {s: AcceptedEntry(s, Ballot(r, p), Value(rid, bytes(pl)), ch)
+                      for s, r, p, rid, pl, ch in rows}
+
+
+# -- the differential test -------------------------------------------------------------------
+
+# Values that differ only in payload, only in request id, or not at all, plus the no-op and
+# bytes that text formats would have to escape.
+POOL = [NOOP, Value("a", b"1"), Value("a", b"2"), Value("b", b"1"), Value("b", b"\x00\xff\\'")]
+
+ballots = st.builds(Ballot, st.integers(0, 4), st.integers(0, 2))
+slots = st.integers(1, 8)
+uptos = st.integers(0, 8)
+batches = st.lists(st.sampled_from(POOL), min_size=1, max_size=3).map(tuple)
+limits = st.integers(1, 5)
+kinds = st.integers(0, 3)  # Accept, Commit, Prepare, Fetch (shrinks towards Accept)
+
+
+@st.composite
+def sequences(draw: st.DrawFn) -> list:
+    """4..40 requests; each reuses the previous ballot half of the time, as a leader does, so
+    that accepts are followed by commits under the same ballot and marks get set."""
+    ops: list = []
+    ballot = draw(ballots)
+    for _ in range(draw(st.integers(4, 40))):
+        if draw(st.booleans()):
+            ballot = draw(ballots)
+        kind = draw(kinds)
+        if kind == 0:
+            ops.append(Accept(ballot, draw(slots), draw(batches), draw(uptos)))
+        elif kind == 1:
+            ops.append(Commit(ballot, draw(uptos)))
+        elif kind == 2:
+            ops.append(Prepare(ballot, draw(slots)))
+        else:
+            ops.append(Fetch(draw(slots), draw(limits)))
+    return ops
+
+
+def test_sql_acceptor_matches_the_reference(conn: psycopg.Connection) -> None:
+    rules = Acceptor()
+    seen = {"examples": 0, "requests": 0, "kinds": set(), "kept": 0, "dropped": 0,
+            "payload_changed": 0}
+
+    @settings(max_examples=EXAMPLES, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                     HealthCheck.too_slow])
+    @given(sequences())
+    def run(ops: list) -> None:
+        conn.execute(RESET)
+        model = InMemoryAcceptorStorage()
+        for i, request in enumerate(ops):
+            write, expected = rules.handle(model, request)
+            if write.accept is not None:  # count chosen marks kept and dropped by re-accepts
+                for j, value in enumerate(request.values):
+                    old = model.entry(request.first_slot + j)
+                    if old is not None and old.chosen:
+                        seen["kept" if old.value == value else "dropped"] += 1
+                        if old.value.request_id == value.request_id != "" \
+                                and old.value.payload != value.payload:
+                            seen["payload_changed"] += 1
+            model.apply(write)
+            got = call(conn, request)
+            assert got == expected, f"request #{i} {request}"
+            seen["kinds"].add(type(got).__name__)
+        assert sql_state(conn) == (model.promised(), model.entries())
+        seen["examples"] += 1
+        seen["requests"] += len(ops)
+
+    started = time.monotonic()
+    run()
+    seconds = time.monotonic() - started
+    print(f"\ndifferential: {seen['examples']} sequences, {seen['requests']} requests, "
+          f"{seen['kept']} chosen marks kept and {seen['dropped']} dropped by re-accepts "
+          f"({seen['payload_changed']} for a changed payload under the same request id), "
+          f"{seconds:.1f} s")
+    # The generator reaches every kind of reply and both fates of a chosen mark (else the
+    # comparison proves little).
+    assert seen["kinds"] == {"Promise", "Nack", "Accepted", "Committed", "Fetched"}
+    assert seen["kept"] and seen["dropped"] and seen["payload_changed"]
+
+
+# -- hand-written cases ----------------------------------------------------------------------
+
+B1 = Ballot(1, 0)
+B2 = Ballot(2, 1)
+X = Value("r1", b"x")
+Y = Value("r2", b"y")
+
+
+def test_fresh_acceptor_promises_with_an_empty_report(conn: psycopg.Connection) -> None:
+    assert call(conn, Prepare(B1, 1)) == Promise(B1, 1, ())
+    assert call(conn, Prepare(Ballot(0, 0), 1)) == Nack(Ballot(0, 0), B1)
+
+
+def test_lower_ballot_is_nacked_and_writes_nothing(conn: psycopg.Connection) -> None:
+    assert call(conn, Prepare(B2, 1)) == Promise(B2, 1, ())
+    assert call(conn, Accept(B1, 1, (X,), 1)) == Nack(B1, B2)
+    assert call(conn, Prepare(B1, 1)) == Nack(B1, B2)
+    assert call(conn, Prepare(Ballot(2, 0), 1)) == Nack(Ballot(2, 0), B2)  # same round, lower id
+    assert sql_state(conn) == (B2, {})
+    # Equal ballot passes (re-delivery from the promise holder).
+    assert call(conn, Accept(B2, 1, (X,), 0)) == Accepted(B2, 1, 1, 0)
+    assert call(conn, Prepare(B2, 1)) == Promise(B2, 1, (AcceptedEntry(1, B2, X),))
+
+
+def test_accept_raises_the_promise(conn: psycopg.Connection) -> None:
+    assert call(conn, Accept(B2, 3, (X, Y), 0)) == Accepted(B2, 3, 4, 0)
+    assert call(conn, Prepare(B1, 1)) == Nack(B1, B2)
+    assert call(conn, Prepare(B2, 4)) == Promise(B2, 4, (AcceptedEntry(4, B2, Y),))
+
+
+def test_marking_respects_the_ballot(conn: psycopg.Connection) -> None:
+    call(conn, Accept(B1, 1, (X, Y), 0))
+    call(conn, Accept(B2, 2, (Y, X), 0))  # slot 2 now under B2, slot 3 new under B2
+    # Commit under B1 marks only slot 1 (the one still accepted under B1), and Nacks.
+    assert call(conn, Commit(B1, 3)) == Nack(B1, B2)
+    assert call(conn, Fetch(1, 5)) == Fetched(1, (ChosenEntry(1, X),))
+    # Commit under B2 up to 2 marks slot 2 but not slot 3.
+    assert call(conn, Commit(B2, 2)) == Committed(B2, 2)
+    assert call(conn, Fetch(1, 5)) == Fetched(1, (ChosenEntry(1, X), ChosenEntry(2, Y)))
+    # commit_upto 0 marks nothing.
+    assert call(conn, Commit(B2, 0)) == Committed(B2, 0)
+    assert call(conn, Fetch(3, 5)) == Fetched(3, ())
+    # Accept carries commit_upto: the mark runs after the batch is stored.
+    assert call(conn, Accept(B2, 4, (NOOP,), 4)) == Accepted(B2, 4, 4, 4)
+    assert call(conn, Fetch(2, 2)) == Fetched(2, (ChosenEntry(2, Y), ChosenEntry(3, X)))
+    assert [e.chosen for e in sql_state(conn)[1].values()] == [True, True, True, True]
+
+
+def test_chosen_mark_kept_on_identical_reaccept_dropped_on_change(
+        conn: psycopg.Connection) -> None:
+    call(conn, Accept(B1, 1, (X, Y), 2))
+    assert all(e.chosen for e in sql_state(conn)[1].values())
+    # A new leader re-proposes slot 1 unchanged and slot 2 with another payload (same id).
+    changed = Value("r2", b"other")
+    assert call(conn, Accept(B2, 1, (X, changed), 0)) == Accepted(B2, 1, 2, 0)
+    _, log = sql_state(conn)
+    assert log[1] == AcceptedEntry(1, B2, X, True)
+    assert log[2] == AcceptedEntry(2, B2, changed, False)
+
+
+def test_prepare_reports_every_entry_from_slot(conn: psycopg.Connection) -> None:
+    call(conn, Accept(B1, 1, (X, NOOP, Y), 2))
+    assert call(conn, Prepare(B2, 2)) == Promise(B2, 2, (
+        AcceptedEntry(2, B1, NOOP, True), AcceptedEntry(3, B1, Y, False)))
+    assert call(conn, Prepare(B2, 4)) == Promise(B2, 4, ())
+
+
+def test_large_binary_payloads_round_trip(conn: psycopg.Connection) -> None:
+    big = Value("big", bytes(range(256)) * 4096)  # 1 MiB, every byte value
+    call(conn, Accept(B1, 1, (big, NOOP), 2))
+    assert call(conn, Fetch(1, 1)) == Fetched(1, (ChosenEntry(1, big),))
+
+
+def test_call_refuses_a_connection_in_a_transaction(fresh_db: list[str]) -> None:
+    with psycopg.connect(fresh_db[0]) as conn:
+        schema.install(conn)
+        with pytest.raises(ValueError, match="autocommit"):
+            call(conn, Prepare(B1, 1))
+
+
+def test_acall(fresh_db: list[str]) -> None:
+    async def go() -> list:
+        async with await psycopg.AsyncConnection.connect(fresh_db[1], autocommit=True) as conn:
+            await schema.ainstall(conn)
+            return [await acall(conn, r) for r in (
+                Prepare(B1, 1), Accept(B1, 1, (X,), 1), Commit(B2, 1), Fetch(1, 3))]
+
+    assert asyncio.run(go()) == [Promise(B1, 1, ()), Accepted(B1, 1, 1, 1), Committed(B2, 1),
+                                 Fetched(1, (ChosenEntry(1, X),))]
+
+
+def test_encode_decode_are_pure_and_reject_other_messages() -> None:
+    sql, params = encode(Accept(B1, 5, (X, Y), 4))
+    assert sql.startswith("SELECT * FROM replicate.accept(")
+    assert [int(p) for p in params[:3]] == [1, 0, 5] and params[3] == ["r1", "r2"]
+    assert decode(Accept(B1, 5, (X, Y), 4), [(True, 1, 0)]) == Accepted(B1, 5, 6, 4)
+    assert decode(Commit(B1, 4), [(False, 2, 1)]) == Nack(B1, B2)
+    with pytest.raises(TypeError):
+        encode(Committed(B1, 1))  # type: ignore[arg-type]
+
+
+def test_concurrent_calls_serialise(fresh_db: list[str]) -> None:
+    # Four proposers hammer one node at once: every call completes (no deadlock, no
+    # serialisation failure) and the promise ends at the highest ballot any of them used.
+    errors: list[BaseException] = []
+
+    def proposer(pid: int) -> None:
+        try:
+            with psycopg.connect(fresh_db[0], autocommit=True) as c:
+                for r in range(1, 31):
+                    b = Ballot(r, pid)
+                    call(c, Prepare(b, 1))
+                    call(c, Accept(b, r % 5 + 1, (Value(f"p{pid}", bytes([r])),) * 3, r))
+                    call(c, Commit(b, 8))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    with psycopg.connect(fresh_db[0], autocommit=True) as c:
+        schema.install(c)
+    threads = [threading.Thread(target=proposer, args=(pid,)) for pid in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    with psycopg.connect(fresh_db[0]) as c:
+        assert sql_state(c)[0] == Ballot(30, 3)
+
+
+def test_mark_uses_the_partial_index(conn: psycopg.Connection) -> None:
+    # A long log of chosen slots and a few in flight: the mark's generic plan (what PL/pgSQL
+    # caches) reads the partial index of unchosen slots, not the whole log.
+    conn.execute("INSERT INTO replicate.log SELECT s, 1, 0, 'r' || s, '\\x00', s <= 99990 "
+                 "FROM generate_series(1, 100000) s")
+    conn.execute("ANALYZE replicate.log")
+    conn.execute("SET plan_cache_mode = force_generic_plan")
+    conn.execute("PREPARE mark(bigint, bigint, integer) AS UPDATE replicate.log l "
+                 "SET chosen = true WHERE NOT l.chosen AND l.slot <= $1 "
+                 "AND l.ballot_round = $2 AND l.ballot_proposer = $3")
+    plan = "\n".join(r[0] for r in conn.execute("EXPLAIN EXECUTE mark(100000, 1, 0)"))
+    assert "log_unchosen" in plan, plan
+    started = time.monotonic()
+    for upto in range(99991, 100001):
+        assert call(conn, Commit(Ballot(1, 0), upto)) == Committed(Ballot(1, 0), upto)
+    assert (time.monotonic() - started) / 10 < 0.05  # per commit, on a 100,000-slot log
+    assert conn.execute("SELECT count(*) FROM replicate.log WHERE NOT chosen").fetchone() == (0,)
