@@ -134,6 +134,9 @@ class Analysis:
     problems: list[GateRefusal] = field(default_factory=list)
     locking: bool = False
     copy_in: bool = False
+    #: DEFAULT keywords seen, and those matched to a column (the rest fail closed)
+    defaults_seen: set[int] = field(default_factory=set)
+    defaults_ok: set[int] = field(default_factory=set)
     #: a fixed decision for utility statements: "relay", or a GateRefusal
     verdict: Any = None
 
@@ -370,7 +373,27 @@ class Analyzer:
             if s.get(key):
                 self.walk(s[key], ctes | {"excluded"}, single)
         if target is not None and target in self.catalog.tables:
-            self.insert_defaults(s, self.catalog.tables[target], values)
+            info = self.catalog.tables[target]
+            self.insert_defaults(s, info, values)
+            conflict = s.get("onConflictClause") or {}
+            self.assigned_defaults(info, conflict.get("targetList"), single)
+
+    def set_default(self, info: TableInfo, name: str, loc: int, once: bool) -> None:
+        """A DEFAULT keyword for column ``name``: fine, or materialised at ``loc``."""
+        self.a.defaults_ok.add(loc)
+        col = info.column(name)
+        if col is not None and col.volatile_default:
+            self.a.sites.append(Site(loc, "default" if once else "default-per-row", col))
+
+    def assigned_defaults(self, info: TableInfo, targets: list | None, once: bool) -> None:
+        """``SET col = DEFAULT`` in UPDATE, ON CONFLICT DO UPDATE and MERGE UPDATE."""
+        for t in targets or []:
+            rt = t["ResTarget"]
+            if "SetToDefault" in rt.get("val", {}):
+                self.set_default(info, rt["name"], rt["val"]["SetToDefault"]["location"], once)
+
+    def v_SetToDefault(self, s: dict, ctes: frozenset[str], once: bool) -> None:
+        self.a.defaults_seen.add(s["location"])
 
     def insert_defaults(self, s: dict, info: TableInfo, values: list | None) -> None:
         """Materialise (or refuse) columns that get a non-deterministic default."""
@@ -392,10 +415,7 @@ class Analyzer:
             for row in values:
                 for name, item in zip(cols, row):
                     if "SetToDefault" in item:
-                        col = info.column(name)
-                        if col is not None and col.volatile_default:
-                            self.a.sites.append(
-                                Site(item["SetToDefault"]["location"], "default", col))
+                        self.set_default(info, name, item["SetToDefault"]["location"], True)
         missing = [c for c in info.columns if c.name not in cols]
         volatile_missing = [c for c in missing if c.volatile_default]
         if volatile_missing:
@@ -432,15 +452,7 @@ class Analyzer:
             if key not in ("relation", "withClause") and isinstance(v, (dict, list)):
                 self.walk(v, ctes, False)
         if target in self.catalog.tables:
-            info = self.catalog.tables[target]
-            for t in s.get("targetList") or []:
-                rt = t["ResTarget"]
-                if "SetToDefault" in rt.get("val", {}):
-                    col = info.column(rt["name"])
-                    if col is not None and col.volatile_default:
-                        self.a.write_problems.append(GateRefusal(
-                            "volatile-default",
-                            f"SET {col.name} = DEFAULT runs {col.default} once per row"))
+            self.assigned_defaults(self.catalog.tables[target], s.get("targetList"), False)
 
     def v_DeleteStmt(self, s: dict, ctes: frozenset[str], once: bool) -> None:
         ctes = self.with_clause(s, ctes, once)
@@ -459,11 +471,17 @@ class Analyzer:
             info = self.catalog.tables[target]
             for w in s.get("mergeWhenClauses") or []:
                 w = w["MergeWhenClause"]
+                if w.get("commandType") == "CMD_UPDATE":
+                    self.assigned_defaults(info, w.get("targetList"), False)
                 if w.get("commandType") != "CMD_INSERT":
                     continue
-                given = {t["ResTarget"]["name"] for t in w.get("targetList") or []}
-                if not w.get("targetList"):
-                    given = {c.name for c in info.columns[:len(w.get("values") or [])]}
+                names = [t["ResTarget"]["name"] for t in w.get("targetList") or []]
+                if not names:
+                    names = [c.name for c in info.columns[:len(w.get("values") or [])]]
+                given = set(names)
+                for name, item in zip(names, w.get("values") or []):
+                    if "SetToDefault" in item:
+                        self.set_default(info, name, item["SetToDefault"]["location"], False)
                 for c in info.columns:
                     if c.volatile_default and c.name not in given:
                         self.a.write_problems.append(GateRefusal(

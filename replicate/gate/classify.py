@@ -285,6 +285,12 @@ class _Statement:
                                + ", whose contents differ between nodes", registered)
         if a.write_problems:
             return Refuse(self.start, self.end, a.write_problems[0], frozenset(registered))
+        unmatched = a.defaults_seen - a.defaults_ok
+        if unmatched and any(c.volatile_default for t in a.writes if t in self.catalog.tables
+                             for c in self.catalog.tables[t].columns):
+            return self.refuse("volatile-default", "a DEFAULT the gate cannot match to its "
+                               "column, in a table with non-deterministic defaults",
+                               registered)
         text = self.data[self.start:self.end]
         if a.sites:
             try:
@@ -299,10 +305,14 @@ class _Statement:
         return Replicate(self.start, self.end, text.decode(), frozenset(writes),
                          frozenset(a.reads), a.copy_in, self.path)
 
-    def materialise(self, col: ColumnInfo) -> str:
-        """The column's default expression with its clock/random calls as literals."""
+    def materialise(self, col: ColumnInfo, per_row: bool = False) -> str:
+        """The column's default expression with its clock/random calls as literals.
+        ``per_row``: the DEFAULT runs once per row (UPDATE SET c = DEFAULT), so only
+        statement-constant clock calls may be fixed; a random call is refused."""
         expr = col.default or ""
         problem, sites, tokens = _default_template(self.catalog, expr)
+        if problem is None and per_row and any(s.kind != "time" for s in sites):
+            problem = GateRefusal("volatile-per-row", "it would run once per row here")
         if problem is not None:
             raise GateRefusal("volatile-default",
                               f"column {col.name!r} defaults to {expr}: {problem.message}")

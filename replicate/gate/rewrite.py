@@ -170,7 +170,7 @@ def splice(data: bytes, edits: Sequence[Edit]) -> bytes:
     return out
 
 
-MaterialiseFn = Callable[[ColumnInfo], str]
+MaterialiseFn = Callable[[ColumnInfo, bool], str]  # (column, runs once per row?)
 
 
 def site_edits(sites: Sequence[Any], tokens: Tokens, now: datetime, rng: random.Random,
@@ -188,9 +188,10 @@ def site_edits(sites: Sequence[Any], tokens: Tokens, now: datetime, rng: random.
             edits.append((site.loc, end, time_literal(op, typmod, now)))
         elif site.kind == "once":
             edits.append((site.loc, tokens.call_end(site.loc), once_literal(site.arg, now, rng)))
-        elif site.kind == "default":
+        elif site.kind in ("default", "default-per-row"):
             i = tokens.index(site.loc)
-            edits.append((site.loc, tokens.toks[i].end + 1, materialise(site.arg)))
+            edits.append((site.loc, tokens.toks[i].end + 1,
+                          materialise(site.arg, site.kind == "default-per-row")))
         elif site.kind == "default-values":
             info: TableInfo = site.arg
             i = tokens.next_named(tokens.index(site.loc), "DEFAULT")
@@ -199,7 +200,7 @@ def site_edits(sites: Sequence[Any], tokens: Tokens, now: datetime, rng: random.
             cols = [c for c in info.columns if c.volatile_default]
             text = "({}) VALUES ({})".format(
                 ", ".join(quote_ident(c.name) for c in cols),
-                ", ".join(materialise(c) for c in cols))
+                ", ".join(materialise(c, False) for c in cols))
             edits.append((tokens.toks[i].start, tokens.toks[i + 1].end + 1, text))
         elif site.kind == "append":
             explicit_list, add, nrows = site.arg
@@ -216,7 +217,7 @@ def site_edits(sites: Sequence[Any], tokens: Tokens, now: datetime, rng: random.
                 if tokens.toks[j].name != "ASCII_40":
                     raise ValueError("VALUES row not found")
                 k = tokens.close_paren(j)
-                vals = "".join(", " + (materialise(c) if c.volatile_default else "DEFAULT")
+                vals = "".join(", " + (materialise(c, False) if c.volatile_default else "DEFAULT")
                                for c in add)
                 edits.append((tokens.toks[k].start, tokens.toks[k].start, vals))
                 rows += 1

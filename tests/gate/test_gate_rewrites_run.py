@@ -8,9 +8,11 @@ not the gate's business; any other error means a rewrite produced bad SQL or a b
 from __future__ import annotations
 
 import random
+import re
 from datetime import datetime, timezone
 
 import psycopg
+from psycopg import pq
 import pytest
 
 from gate_corpus import corpus_catalog, load_cases
@@ -65,7 +67,17 @@ def test_replicated_texts_run_on_postgres(fresh_db) -> None:
                 conn.execute("SELECT set_config('search_path', %s, true)",
                              (", ".join(f'"{s}"' for s in d.search_path),))
                 try:
-                    conn.execute(d.text)
+                    nparams = max((int(n) for n in re.findall(r"\$(\d+)", d.text)), default=0)
+                    if nparams:  # bind NULLs through the extended protocol
+                        res = conn.pgconn.exec_params(d.text.encode(), [None] * nparams)
+                        if res.status != pq.ExecStatus.COMMAND_OK and \
+                                res.status != pq.ExecStatus.TUPLES_OK:
+                            state = res.error_field(pq.DiagnosticField.SQLSTATE).decode()
+                            if not state.startswith("23"):
+                                failures.append(f"{case.id}: {d.text!r}: {state} "
+                                                f"{res.error_message.decode()}")
+                    else:
+                        conn.execute(d.text)
                     ran += 1
                 except psycopg.errors.IntegrityError:
                     ran += 1
