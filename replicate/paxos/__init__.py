@@ -66,7 +66,8 @@ from replicate.paxos.ballot import Ballot
 from replicate.paxos.learner import Learner
 from replicate.paxos.messages import (
     NOOP, Accept, Accepted, AcceptedEntry, Addr, ChosenEntry, Commit, Committed, Envelope, Fetch,
-    Fetched, Forward, Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr, replica_addr,
+    Fetched, Forward, Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr,
+    replica_addr,
 )
 from replicate.paxos.proposer import Batch, Leadership, recover
 from replicate.paxos.replica import (

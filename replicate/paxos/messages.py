@@ -90,7 +90,7 @@ def replica_addr(i: int) -> Addr:
 
 @dataclass(frozen=True, slots=True)
 class AcceptedEntry:
-    """What an acceptor holds for one slot: the ballot and value it accepted, and its chosen mark."""
+    """What an acceptor holds for one slot: accepted ballot and value, and the chosen mark."""
 
     slot: int
     ballot: Ballot
@@ -170,7 +170,7 @@ class Commit:
 
 @dataclass(frozen=True, slots=True)
 class Fetch:
-    """Catch-up: the chosen entries this acceptor knows at slots >= ``from_slot``, at most ``limit``."""
+    """Catch-up: at most ``limit`` chosen entries this acceptor knows, at slots >= ``from_slot``."""
 
     from_slot: int
     limit: int
@@ -185,7 +185,8 @@ class Fetch:
 
 @dataclass(frozen=True, slots=True)
 class Promise:
-    """Phase 1b: the acceptor promised ``ballot`` from ``from_slot`` on, and reports what it accepted there."""
+    """Phase 1b: ``ballot`` is promised from ``from_slot`` on; ``accepted`` is what the acceptor
+    holds there (ascending, with chosen marks)."""
 
     ballot: Ballot
     from_slot: int
@@ -229,7 +230,7 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Nack:
-    """A request under ``ballot`` was refused: the acceptor has promised ``promised`` > ``ballot``."""
+    """A request under ``ballot`` was refused: the acceptor promised ``promised`` > ``ballot``."""
 
     ballot: Ballot
     promised: Ballot

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from replicate.paxos import (
-    Accept, Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role, Value,
-    acceptor_addr,
+    Accept, Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role,
+    Value,
 )
 from replicate.paxos.messages import AcceptorRequest
 

@@ -42,7 +42,8 @@ def fmt(msg: object) -> str:
     if isinstance(msg, Fetch):
         return f"fetch from={msg.from_slot} limit={msg.limit}"
     if isinstance(msg, Fetched):
-        return f"fetched from={msg.from_slot} [{' '.join(f'{e.slot}:{fmt_value(e.value)}' for e in msg.entries)}]"
+        entries = " ".join(f"{e.slot}:{fmt_value(e.value)}" for e in msg.entries)
+        return f"fetched from={msg.from_slot} [{entries}]"
     if isinstance(msg, Heartbeat):
         return f"heartbeat b={msg.ballot} commit={msg.commit_upto}"
     if isinstance(msg, Forward):
@@ -139,7 +140,8 @@ class Script:
         for env in todo:
             dst = env.dst
             if dst.role == "acceptor":
-                write, reply = self.rules.handle(self.storages[dst.id], env.msg)  # type: ignore[arg-type]
+                req = env.msg
+                write, reply = self.rules.handle(self.storages[dst.id], req)  # type: ignore[arg-type]
                 self.storages[dst.id].apply(write)
                 self.say(f"  {dst} <- {env.src}: {fmt(env.msg)}  => {fmt(reply)}")
                 self.flight.append(Envelope(dst, env.src, reply))
