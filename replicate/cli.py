@@ -238,6 +238,39 @@ def explain(
             out.print(f"  hint:      {st.hint}", highlight=False)
 
 
+# -- schema ------------------------------------------------------------------
+
+
+@app.command()
+def init(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
+    """Install or upgrade the replicate schema on every node of the cluster (idempotent)."""
+    from replicate.runtime.schema import SCHEMA_VERSION, install_cluster
+
+    cluster_config = run(lambda: load_config(config))
+    reports = install_cluster(cluster_config)
+    if as_json:
+        print(json.dumps({"schema_version": SCHEMA_VERSION, "ok": all(r.ok for r in reports),
+                          "nodes": [{"name": r.name, "before": r.before, "after": r.after,
+                                     "sqlstate": r.sqlstate, "error": r.error}
+                                    for r in reports]}, indent=2))
+    else:
+        table = Table(title=f"replicate schema (version {SCHEMA_VERSION}) on cluster "
+                            f"[bold]{cluster_config.name}[/]", title_justify="left")
+        for column in ("node", "before", "after", "result"):
+            table.add_column(column)
+        for r in reports:
+            result = ("[green]up to date[/]" if r.before == r.after else "[green]installed[/]"
+                      ) if r.ok else f"[red]{r.sqlstate}[/] {r.error}"
+            table.add_row(r.name, "-" if r.before is None else str(r.before),
+                          "-" if r.after is None else str(r.after), result)
+        out.print(table)
+    failed = [r.name for r in reports if not r.ok]
+    if failed:
+        err.print(f"[bold red]error[/]: schema not installed on {', '.join(failed)}",
+                  highlight=False)
+        raise typer.Exit(1)
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m replicate`
     app()
 

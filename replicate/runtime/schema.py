@@ -22,15 +22,18 @@ wheel build needs, and ``REPLICATE_SQL_DIR`` overrides both.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import psycopg
 
+from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
 
 SCHEMA_VERSION = 1
@@ -129,16 +132,57 @@ def install(conn: psycopg.Connection) -> int:
     One transaction (a savepoint if the caller has one open); idempotent; safe to run from
     several processes at once on one node. Raises ``SchemaError`` for a newer schema.
     """
+    return upgrade(conn)[1]
+
+
+def upgrade(conn: psycopg.Connection) -> tuple[int | None, int]:
+    """``install``, returning ``(version before, version after)``, both read under the lock."""
     sql_files()  # read (and check) the files before touching the database
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         before = installed_version(conn)
         if before == SCHEMA_VERSION:
-            return SCHEMA_VERSION
+            return before, SCHEMA_VERSION
         for file in _pending(before):
             conn.execute(file.text.encode())  # no parameters: several statements in one go
         conn.execute(_WRITE_VERSION, (str(SCHEMA_VERSION),))
-    return SCHEMA_VERSION
+    return before, SCHEMA_VERSION
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInstall:
+    """What ``install_cluster`` did on one node: versions before and after, or the error."""
+
+    name: str
+    before: int | None = None
+    after: int | None = None
+    sqlstate: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _install_node(node: NodeConfig, connect_timeout_s: float) -> NodeInstall:
+    try:
+        with psycopg.connect(node.dsn, connect_timeout=max(2, math.ceil(connect_timeout_s))
+                             ) as conn:
+            before, after = upgrade(conn)
+        return NodeInstall(node.name, before, after)
+    except ReplicateError as exc:
+        return NodeInstall(node.name, sqlstate=exc.sqlstate, error=exc.message)
+    except psycopg.Error as exc:
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        # No SQLSTATE on the exception: the server never answered (connection failure).
+        return NodeInstall(node.name, sqlstate=exc.sqlstate or "08006", error=message)
+
+
+def install_cluster(config: ClusterConfig) -> list[NodeInstall]:
+    """Install or upgrade the schema on every node of ``config`` at once; one report per node,
+    in configuration order. A node that fails does not stop the others."""
+    with ThreadPoolExecutor(max_workers=min(16, len(config.nodes))) as pool:
+        return list(pool.map(lambda n: _install_node(n, config.connect_timeout_s), config.nodes))
 
 
 async def ainstalled_version(conn: psycopg.AsyncConnection) -> int | None:
