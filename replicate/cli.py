@@ -222,6 +222,9 @@ def explain(
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
         return
+    if not config:
+        out.print("[dim]catalog: table names only (no --config): column defaults, keys and "
+                  "user functions are unknown[/]", highlight=False)
     styles = {"relay": "dim", "read": "cyan", "replicate": "green", "refuse": "bold red"}
     for st in result.statements:
         out.print(f"[{styles[st.action]}]{st.action.upper()}[/]  {st.source}", highlight=False)

@@ -27,7 +27,20 @@ inputs give the same decisions, byte for byte. Offsets are character offsets int
 (PostgreSQL's parser reports bytes; the gate converts). When no statement can name a
 registered table, the answer is a single ``Relay(0, len(sql))`` found without parsing.
 
-:func:`explain` is the same decision for humans and for ``replicate explain``.
+What each decision carries:
+
+- every decision: ``start``, ``end`` (the statement is ``sql[start:end]``) and ``kind``;
+- ``Read.tables``: registered tables read;
+- ``Replicate.text`` (rewritten), ``.writes`` (tables and owned sequences), ``.reads``,
+  ``.copy_in`` (COPY FROM STDIN: data follows), ``.search_path`` (the path the statement
+  was resolved under; ``SET search_path`` earlier in the same string changes it);
+- ``Refuse.error``: a :class:`GateRefusal` (``.sqlstate``, ``.message``, ``.hint``,
+  ``.reason`` — a key of :data:`REASONS`), and ``.tables`` it touches.
+
+Modules: ``catalog`` (the frozen :class:`Catalog` and :func:`load_catalog`), ``analyze``
+(one walk of PostgreSQL's parse tree collecting facts), ``classify`` (fast path, split,
+decide), ``rewrite`` (literals and splicing at exact offsets), ``refusals`` (the table of
+refusal classes), ``decisions``, ``explain`` (for ``replicate explain``).
 
 Parser: pglast (libpg_query, PostgreSQL's own parser, version 17/18 grammar), chosen over
 sqlglot on measurements recorded in ``docs/decisions.md``.
@@ -37,10 +50,12 @@ from replicate.gate.catalog import (REPLICATED_SETTINGS, Catalog, ColumnInfo, Ta
                                     TableName, load_catalog)
 from replicate.gate.classify import DEFAULT_SEARCH_PATH, classify, mentions_registered
 from replicate.gate.decisions import Decision, Read, Refuse, Relay, Replicate
+from replicate.gate.explain import Explanation, StatementExplanation, explain
 from replicate.gate.refusals import REASONS, GateRefusal
 
 __all__ = [
     "Catalog", "ColumnInfo", "TableInfo", "TableName", "load_catalog", "REPLICATED_SETTINGS",
     "classify", "mentions_registered", "DEFAULT_SEARCH_PATH",
     "Decision", "Relay", "Read", "Replicate", "Refuse", "GateRefusal", "REASONS",
+    "explain", "Explanation", "StatementExplanation",
 ]
