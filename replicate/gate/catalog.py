@@ -12,6 +12,7 @@ already case-folded or quoted as PostgreSQL keeps them (``public.accounts``,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Iterable, Literal, Mapping, NamedTuple
 
 Volatility = Literal["i", "s", "v"]  # pg_proc.provolatile: immutable, stable, volatile
@@ -174,6 +175,13 @@ class Catalog:
                 info = TableInfo(t if isinstance(t, TableName) else TableName.parse(t))
             infos[info.name] = info
         return cls(tables=infos, **kwargs)
+
+    def __post_init__(self) -> None:
+        # Truly frozen: the gate caches per catalog, so its mappings must not change.
+        for name in ("tables", "functions", "sequences"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        object.__setattr__(self, "relations", frozenset(self.relations))
+        object.__setattr__(self, "node_local_settings", frozenset(self.node_local_settings))
 
     def __hash__(self) -> int:  # Mappings are not hashable; identity is enough for caches
         return id(self)

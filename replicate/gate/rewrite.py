@@ -14,7 +14,7 @@ every node computes the same date as the client's session would have:
 >>> time_literal("now", -1, t)
 "'2026-11-26 08:00:00.123456+00'::timestamptz"
 >>> time_literal("SVFOP_CURRENT_TIMESTAMP_N", 2, t)
-"'2026-11-26 08:00:00.12+00'::timestamptz(2)"
+"'2026-11-26 08:00:00.120000+00'::timestamptz(2)"
 >>> time_literal("SVFOP_CURRENT_DATE", -1, t)
 "'2026-11-26 08:00:00.123456+00'::timestamptz::date"
 """
