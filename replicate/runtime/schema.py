@@ -144,7 +144,7 @@ def upgrade(conn: psycopg.Connection) -> tuple[int | None, int]:
         if before == SCHEMA_VERSION:
             return before, SCHEMA_VERSION
         for file in _pending(before):
-            conn.execute(file.text.encode())  # no parameters: several statements in one go
+            conn.execute(file.text.encode(), prepare=False)  # simple query: many statements
         conn.execute(_WRITE_VERSION, (str(SCHEMA_VERSION),))
     return before, SCHEMA_VERSION
 
@@ -203,6 +203,6 @@ async def ainstall(conn: psycopg.AsyncConnection) -> int:
         if before == SCHEMA_VERSION:
             return SCHEMA_VERSION
         for file in _pending(before):
-            await conn.execute(file.text.encode())
+            await conn.execute(file.text.encode(), prepare=False)
         await conn.execute(_WRITE_VERSION, (str(SCHEMA_VERSION),))
     return SCHEMA_VERSION
