@@ -27,7 +27,7 @@ from pglast import parser as pg
 
 from replicate.gate.analyze import (UTILITY_RELAY, Analysis, Analyzer, default_expression,
                                     parse)
-from replicate.gate.catalog import Catalog, ColumnInfo, TableName
+from replicate.gate.catalog import Catalog, ColumnInfo
 from replicate.gate.decisions import Decision, Read, Refuse, Relay, Replicate
 from replicate.gate.refusals import GateRefusal
 from replicate.gate.rewrite import Tokens, site_edits, splice

@@ -38,8 +38,8 @@ REASONS: dict[str, tuple[str, str]] = {
     "clock-literal": ("0A000", "Write now() or current_date (the gate fixes them once per "
                                "statement), or cast to text if you mean the word: 'today'::text."),
     "volatile-default": ("0A000", "Name the column and give its value explicitly, e.g. "
-                                  "INSERT INTO t (id, created_at) VALUES (gen_random_uuid(), now()) "
-                                  "with one row per VALUES list."),
+                                  "INSERT INTO t (id, created_at) "
+                                  "VALUES (gen_random_uuid(), now()), one row per VALUES list."),
     "local-lock": ("0A000", "Row and table locks are taken on one node only and do not order "
                             "replicated writes; use a single UPDATE ... RETURNING, or optimistic "
                             "checks (UPDATE ... WHERE version = $1)."),
