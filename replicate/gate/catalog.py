@@ -152,6 +152,10 @@ class Catalog:
     - ``node_local_settings``: settings whose value may differ between nodes (everything
       in ``pg_settings`` that a log entry does not carry); informational, since
       ``current_setting()`` in a write is allowed only for :data:`REPLICATED_SETTINGS`.
+    - ``triggers``: per registered table, its user triggers whose function is VOLATILE
+      (outside schema ``replicate``). They run on every node at apply time, where a clock
+      or random call diverges, so writes to such tables are refused; declaring the trigger
+      function STABLE or IMMUTABLE is the user's promise that it is deterministic.
     """
 
     tables: Mapping[TableName, TableInfo] = field(default_factory=dict)
@@ -159,6 +163,7 @@ class Catalog:
     functions: Mapping[tuple[str, str], Volatility] = field(default_factory=dict)
     sequences: Mapping[TableName, TableName] = field(default_factory=dict)
     node_local_settings: frozenset[str] = frozenset()
+    triggers: Mapping[TableName, tuple[str, ...]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, *tables: str | TableName | TableInfo, **kwargs: Any) -> "Catalog":
@@ -178,7 +183,7 @@ class Catalog:
 
     def __post_init__(self) -> None:
         # Truly frozen: the gate caches per catalog, so its mappings must not change.
-        for name in ("tables", "functions", "sequences"):
+        for name in ("tables", "functions", "sequences", "triggers"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
         object.__setattr__(self, "relations", frozenset(self.relations))
         object.__setattr__(self, "node_local_settings", frozenset(self.node_local_settings))
@@ -244,6 +249,16 @@ WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
 
 _SETTINGS_SQL = "SELECT lower(name) FROM pg_settings"
 
+_TRIGGERS_SQL = """
+SELECT tg.tgname
+FROM pg_trigger tg
+JOIN pg_proc p ON p.oid = tg.tgfoid
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE tg.tgrelid = %s AND NOT tg.tgisinternal AND p.provolatile = 'v'
+  AND n.nspname <> 'replicate'
+ORDER BY 1
+"""
+
 
 def load_catalog(conn: Any, registered: Iterable[TableName | str]) -> Catalog:
     """Read a :class:`Catalog` from one node through a psycopg connection.
@@ -263,6 +278,7 @@ def load_catalog(conn: Any, registered: Iterable[TableName | str]) -> Catalog:
         cur.execute(_SEQUENCES_SQL, ([n.schema for n in names], [n.name for n in names]))
         sequences = {TableName(a, b): TableName(c, d) for a, b, c, d in cur.fetchall()}
         tables: dict[TableName, TableInfo] = {}
+        triggers: dict[TableName, tuple[str, ...]] = {}
         # Print defaults with every name qualified, so they mean the same under any
         # session search_path when the gate splices them into a statement.
         cur.execute("SELECT current_setting('search_path')")
@@ -284,6 +300,10 @@ def load_catalog(conn: Any, registered: Iterable[TableName | str]) -> Catalog:
                 keys = tuple(frozenset(row[0]) for row in cur.fetchall())
                 tn = TableName(schema, relname)
                 tables[tn] = TableInfo(tn, tuple(columns), keys)
+                cur.execute(_TRIGGERS_SQL, (oid,))
+                names = tuple(row[0] for row in cur.fetchall())
+                if names:
+                    triggers[tn] = names
         finally:
             cur.execute("SELECT set_config('search_path', %s, false)", (saved_path,))
         cur.execute(_RELATIONS_SQL)
@@ -291,7 +311,7 @@ def load_catalog(conn: Any, registered: Iterable[TableName | str]) -> Catalog:
         cur.execute(_SETTINGS_SQL)
         settings = frozenset(r[0] for r in cur.fetchall()) - REPLICATED_SETTINGS
     return Catalog(tables=tables, relations=relations, functions=functions,
-                   sequences=sequences, node_local_settings=settings)
+                   sequences=sequences, node_local_settings=settings, triggers=triggers)
 
 
 def default_is_volatile(expr: str, functions: Mapping[tuple[str, str], Volatility],

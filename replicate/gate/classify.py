@@ -285,6 +285,11 @@ class _Statement:
                                + ", whose contents differ between nodes", registered)
         if a.write_problems:
             return Refuse(self.start, self.end, a.write_problems[0], frozenset(registered))
+        for t in sorted(a.writes):
+            if self.catalog.triggers.get(t):
+                return self.refuse("trigger", f"{t} has VOLATILE triggers "
+                                   f"({', '.join(self.catalog.triggers[t])}) that would run "
+                                   "separately on every node", registered)
         unmatched = a.defaults_seen - a.defaults_ok
         if unmatched and any(c.volatile_default for t in a.writes if t in self.catalog.tables
                              for c in self.catalog.tables[t].columns):

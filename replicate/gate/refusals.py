@@ -40,6 +40,10 @@ REASONS: dict[str, tuple[str, str]] = {
     "volatile-default": ("0A000", "Name the column and give its value explicitly, e.g. "
                                   "INSERT INTO t (id, created_at) "
                                   "VALUES (gen_random_uuid(), now()), one row per VALUES list."),
+    "trigger": ("0A000", "Triggers run again on every node when the write is applied; give "
+                         "the values in the statement instead (the gate fixes now() and "
+                         "random()), or declare the trigger function STABLE if it only "
+                         "computes from NEW/OLD."),
     "local-lock": ("0A000", "Row and table locks are taken on one node only and do not order "
                             "replicated writes; use a single UPDATE ... RETURNING, or optimistic "
                             "checks (UPDATE ... WHERE version = $1)."),

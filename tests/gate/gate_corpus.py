@@ -129,11 +129,14 @@ def corpus_catalog() -> Catalog:
                        (frozenset({"id"}),))
     counters = TableInfo(TableName("app", "counters"), (ColumnInfo("name"), ColumnInfo("n")),
                          (frozenset({"name"}),))
+    audited = TableInfo(TableName("public", "audited"), (ColumnInfo("id"), ColumnInfo("v")),
+                        (frozenset({"id"}),))
     unicode = TableInfo(TableName("public", "städte"), (ColumnInfo("name"), ColumnInfo("n")),
                         (frozenset({"name"}),))
     return Catalog(
         tables={t.name: t for t in (accounts, ledger, items, events, mixed, orders, counters,
-                                    unicode)},
+                                    unicode, audited)},
+        triggers={TableName("public", "audited"): ("set_updated_at",)},
         relations=frozenset({TableName("public", "local_log"), TableName("public", "audit"),
                              TableName("app", "accounts"), TableName("public", "global_seq"),
                              TableName("public", "accounts_view")}),

@@ -36,6 +36,12 @@ CREATE SEQUENCE free_seq;
 CREATE FUNCTION app.bump() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
 CREATE FUNCTION slugify(text) RETURNS text LANGUAGE sql IMMUTABLE AS 'SELECT lower($1)';
 CREATE FUNCTION slugify(int) RETURNS text LANGUAGE sql VOLATILE AS 'SELECT $1::text';
+CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql
+    AS 'BEGIN NEW.created_at := now(); RETURN NEW; END';
+CREATE FUNCTION same() RETURNS trigger LANGUAGE plpgsql STABLE AS 'BEGIN RETURN NEW; END';
+CREATE TRIGGER a_stamp BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION stamp();
+CREATE TRIGGER b_same BEFORE UPDATE ON accounts FOR EACH ROW EXECUTE FUNCTION same();
+CREATE TRIGGER o_same BEFORE UPDATE ON app."Orders" FOR EACH ROW EXECUTE FUNCTION same();
 """
 
 
@@ -71,11 +77,13 @@ def test_load_catalog_reads_tables_defaults_keys_functions(node) -> None:
     assert cat.functions[("app", "bump")] == "v"
     assert cat.functions[("public", "slugify")] == "v"  # the most volatile overload wins
     assert "port" in cat.node_local_settings and "timezone" not in cat.node_local_settings
+    assert cat.triggers == {TableName("public", "accounts"): ("a_stamp",)}
     # the loader restores the session's search_path
     assert node.execute("SHOW search_path").fetchone()[0] == "app, public"
 
 
 def test_loaded_catalog_drives_decisions(node) -> None:
+    node.execute("DROP TRIGGER a_stamp ON accounts")
     cat = load_catalog(node, ["accounts", 'app."Orders"'])
     (d,) = classify("INSERT INTO accounts (owner) VALUES ('ann')", cat, now=NOW,
                     rng=random.Random(1))
