@@ -75,6 +75,9 @@ class Leadership:
         self.max_batch = max_batch
         self.next_slot = commit_upto + 1
         self.commit_upto = commit_upto       # every slot <= this is chosen
+        # last slot phase 1 re-proposed: once commit_upto reaches it, every value an earlier
+        # leader may have had chosen is at or below commit_upto (what a read index needs)
+        self.recovered_upto = commit_upto
         self.sent_commit = commit_upto       # highest commit_upto sent to acceptors
         self.batches: dict[int, Batch] = {}  # by first_slot, ascending (insertion order)
         self.queue: deque[Value] = deque()

@@ -11,6 +11,19 @@ then ``ready()`` says what to do, in this order, and ``advance(ready)`` acknowle
 A replica is a follower, a candidate (phase 1 running) or the leader (phase 2). Followers
 forward proposals to the leader they know (``ProposeOutcome.FORWARDED``); without a known
 leader a proposal is dropped (``DROPPED``) and the client retries with the same request id.
+
+Election rules (liveness only; safety never depends on them):
+
+- a follower that hears no heartbeat for a random timeout in ``[E, 2E)`` ticks campaigns;
+- a candidate whose timeout expires campaigns again: with the same ballot if no majority of
+  acceptors answered and no higher ballot was seen (it never led under it, so no value was
+  proposed under it), else with a higher one;
+- a candidate whose last attempt reached no majority yields to any live leader's heartbeat,
+  even one with a lower ballot; otherwise a higher ballot in a heartbeat or nack makes a
+  candidate or leader step down;
+- check quorum: a leader that fewer than a majority of acceptors answered during two election
+  timeouts steps down, so a leader that still reaches the proxies but not the PostgreSQL
+  nodes stops holding the followers back.
 """
 
 from __future__ import annotations
@@ -117,6 +130,12 @@ class Replica:
         self._elapsed = 0
         self._timeout = self._random_timeout()
         self._hb_elapsed = 0
+        self._quorum_elapsed = 0
+        self._heard: set[int] = set()        # acceptors that answered our ballot lately
+        self._answered: set[int] = set()     # acceptors that answered our current prepare
+        self._led = False                    # we led under self.ballot
+        self._fruitless = False              # our last attempt timed out without a majority
+        self._highest_seen = Ballot(0, 0)    # highest ballot seen in any message
         self._fetch_elapsed = 0
         self._fetch_next = id
         # output buffers
@@ -144,6 +163,15 @@ class Replica:
             if self._hb_elapsed >= self.config.heartbeat_ticks:
                 self._hb_elapsed = 0
                 self._heartbeat()
+            self._quorum_elapsed += 1
+            if self._quorum_elapsed >= 2 * self.config.election_ticks:
+                # check quorum: a leader that no majority of acceptors answered for two
+                # election timeouts steps down, so that its heartbeats stop holding followers
+                # back (e.g. it reaches the other proxies but not their PostgreSQL nodes)
+                self._quorum_elapsed = 0
+                heard, self._heard = self._heard, set()
+                if len(heard) < self._quorum:
+                    self._step_down()
         else:
             self._elapsed += 1
             if self._elapsed >= self._timeout:
@@ -174,10 +202,25 @@ class Replica:
         return ProposeOutcome.DROPPED
 
     def campaign(self) -> None:
-        """Start phase 1 with a ballot above every ballot seen or used."""
-        rnd = self._next_round()
-        self._max_round = max(self._max_round, rnd)
-        self._hard = HardState(self._max_round)
+        """Start phase 1 with a ballot above every ballot seen or used.
+
+        Exception: if the last attempt never led, no majority of acceptors answered it and no
+        higher ballot was seen, its prepare is sent again under the same ballot (no value was
+        ever proposed under it). So a replica cut off from the acceptors does not inflate its
+        ballot and, once reconnected, does not depose a healthy leader by surprise.
+        """
+        if (self.role is not Role.LEADER and not self._led and self.ballot.round > 0
+                and len(self._answered) < self._quorum and self._max_round == self.ballot.round
+                and self._highest_seen <= self.ballot):
+            rnd = self.ballot.round
+        else:
+            rnd = self._next_round()
+            self._max_round = max(self._max_round, rnd)
+            self._hard = HardState(self._max_round)
+        if self.role is Role.CANDIDATE:  # the last attempt timed out
+            self._fruitless = len(self._answered) < self._quorum
+        self._led = False
+        self._answered = set()
         if self.lead is not None:
             self._waiting.extend(self.lead.queue)
         self.lead = None
@@ -198,6 +241,7 @@ class Replica:
             self._on_accepted(src, msg)
         elif isinstance(msg, Committed):
             if self.lead is not None and msg.ballot == self.ballot:
+                self._heard.add(src)
                 self.lead.on_committed(src, msg.commit_upto)
                 self._learn_marked()
         elif isinstance(msg, Heartbeat):
@@ -209,6 +253,8 @@ class Replica:
             self._on_promise(src, msg)
         elif isinstance(msg, Nack):
             self._observe(msg.promised)
+            if msg.ballot == self.ballot:
+                self._answered.add(src)
             if self.role is not Role.FOLLOWER and msg.ballot == self.ballot \
                     and msg.promised > self.ballot:
                 self._step_down()
@@ -236,10 +282,13 @@ class Replica:
         self._timeout = self._random_timeout()
 
     def _observe(self, ballot: Ballot) -> None:
+        if ballot > self._highest_seen:
+            self._highest_seen = ballot
         if ballot.round > self._max_round:
             self._max_round = ballot.round
 
     def _step_down(self) -> None:
+        self._fruitless = False
         self.role = Role.FOLLOWER
         self.lead = None
         self._promises = {}
@@ -251,6 +300,10 @@ class Replica:
     def _on_heartbeat(self, src: int, msg: Heartbeat) -> None:
         self._observe(msg.ballot)
         if self.role is not Role.FOLLOWER and msg.ballot > self.ballot:
+            self._step_down()
+        if self.role is Role.CANDIDATE and self._fruitless and msg.ballot >= self._leader_ballot:
+            # our last attempt reached no majority of acceptors (we may be cut off from them)
+            # and a live leader exists: stop campaigning, even though its ballot is lower
             self._step_down()
         if msg.ballot >= self._leader_ballot and self.role is Role.FOLLOWER:
             self._leader_ballot = msg.ballot
@@ -265,6 +318,7 @@ class Replica:
                 self.learner.learn(e.slot, e.value)
         if self.role is not Role.CANDIDATE or msg.ballot != self.ballot:
             return
+        self._answered.add(src)
         self._promises[src] = msg
         if len(self._promises) >= self._quorum:
             self._become_leader()
@@ -274,18 +328,23 @@ class Replica:
 
     def _become_leader(self) -> None:
         self.role = Role.LEADER
+        self._led = True
         self.leader = self.id
         self._leader_ballot = self.ballot
         lead = self.leadership_class(self.ballot, self.config.n, self._from_slot - 1,
                                      window=self.config.window, max_batch=self.config.max_batch)
-        for v in self._recover(list(self._promises.values()), self._from_slot):
+        recovered = self._recover(list(self._promises.values()), self._from_slot)
+        for v in recovered:
             lead.enqueue(v, force=True)
+        lead.recovered_upto = self._from_slot - 1 + len(recovered)
         for v in self._waiting:
             lead.enqueue(v)
         self._waiting = []
+        self._heard = set(self._promises)
         self._promises = {}
         self.lead = lead
         self._hb_elapsed = 0
+        self._quorum_elapsed = 0
         hb = Heartbeat(self.ballot, self.learner.delivered_upto)
         for i in range(self.config.n):
             if i != self.id:
@@ -312,6 +371,7 @@ class Replica:
     def _on_accepted(self, src: int, msg: Accepted) -> None:
         if self.lead is None or msg.ballot != self.ballot:
             return
+        self._heard.add(src)
         self.lead.on_accepted(src, msg.first_slot, msg.last_slot, msg.commit_upto)
         self._learn_marked()
         self._pump()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from replicate.paxos import (
-    Accept, Accepted, Ballot, Config, Envelope, HardState, Heartbeat, Nack, Prepare,
+    Accept, Accepted, Ballot, Committed, Config, Envelope, HardState, Heartbeat, Nack, Prepare,
     ProposeOutcome, Promise, Replica, Role, Value, acceptor_addr, replica_addr,
 )
 
@@ -103,3 +103,81 @@ def test_follower_forwards_or_drops() -> None:
     r.step(Envelope(replica_addr(1), r.addr, Heartbeat(Ballot(1, 1), 0)))
     assert r.propose(Value("q", b"")) is ProposeOutcome.FORWARDED
     assert take(r).messages[-1].dst == replica_addr(1)
+
+
+def test_a_leader_no_majority_answers_steps_down() -> None:
+    r = make()
+    elect(r)
+    ticks = 0
+    while r.role is Role.LEADER and ticks < 100:
+        r.tick()
+        ticks += 1
+        # only a0 answers the commits
+        r.step(Envelope(acceptor_addr(0), r.addr, Committed(r.ballot, 0)))
+    # the promises count for the first window of 2 election timeouts, then one is not enough
+    assert ticks == 4 * CFG.election_ticks
+    assert r.role is Role.FOLLOWER and r.leader is None
+
+
+def test_a_leader_a_majority_answers_stays() -> None:
+    r = make()
+    elect(r)
+    for _ in range(10 * CFG.election_ticks):
+        r.tick()
+        for j in (0, 2):
+            r.step(Envelope(acceptor_addr(j), r.addr, Committed(r.ballot, 0)))
+    assert r.role is Role.LEADER
+
+
+def test_recovered_upto_marks_the_end_of_phase_1_recovery() -> None:
+    from replicate.paxos import AcceptedEntry
+    r = make()
+    r.campaign()
+    take(r)
+    old = Ballot(0, 1)
+    r.step(Envelope(acceptor_addr(0), r.addr,
+                    Promise(r.ballot, 1, (AcceptedEntry(3, old, Value("q", b"")),))))
+    r.step(Envelope(acceptor_addr(1), r.addr, Promise(r.ballot, 1, ())))
+    assert r.role is Role.LEADER and r.lead.recovered_upto == 3
+    accepts = [e.msg for e in take(r).messages if isinstance(e.msg, Accept)]
+    assert [v.request_id for v in accepts[0].values] == ["", "", "q"]  # holes become no-ops
+
+
+def test_a_candidate_nobody_answers_retries_the_same_ballot() -> None:
+    r = make()
+    r.campaign()
+    first = take(r)
+    assert first.hard_state == HardState(1)
+    for _ in range(20):
+        r.tick()
+    again = take(r)
+    assert again.hard_state is None  # no new round: the same prepare again
+    assert [e.msg for e in again.messages] == [Prepare(Ballot(1, 0), 1)] * 3
+
+
+def test_a_candidate_a_majority_refused_takes_a_higher_ballot() -> None:
+    r = make()
+    r.campaign()
+    take(r)
+    for j in (0, 1):
+        r.step(Envelope(acceptor_addr(j), r.addr, Nack(r.ballot, Ballot(1, 2))))
+    r.campaign()
+    assert r.ballot == Ballot(2, 0)
+
+
+def test_a_cut_off_candidate_yields_to_a_live_leader_with_a_lower_ballot() -> None:
+    r = make(2)
+    r.campaign()
+    take(r)
+    for _ in range(20):  # first attempt times out unanswered
+        r.tick()
+    assert r.role is Role.CANDIDATE
+    r.step(Envelope(replica_addr(0), r.addr, Heartbeat(Ballot(1, 0), 0)))
+    assert r.role is Role.FOLLOWER and r.leader == 0
+
+
+def test_a_fresh_candidate_ignores_a_leader_with_a_lower_ballot() -> None:
+    r = make(2)
+    r.campaign()
+    r.step(Envelope(replica_addr(0), r.addr, Heartbeat(Ballot(0, 0), 0)))
+    assert r.role is Role.CANDIDATE

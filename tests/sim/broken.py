@@ -71,3 +71,17 @@ VARIANTS = {
     "reused ballot": dict(replica_class=BallotReuser),
     "commit without majority": dict(replica_class=MinorityCommitter),
 }
+
+
+class NoCheckQuorum(Replica):
+    """A leader never notices that no majority of acceptors answers it any more."""
+
+    def tick(self) -> None:
+        self._heard = set(range(self.config.n))
+        super().tick()
+
+
+# broken for liveness only: the deaf leader keeps followers from electing another
+LIVENESS_VARIANTS = {
+    "leader without check quorum": dict(replica_class=NoCheckQuorum),
+}

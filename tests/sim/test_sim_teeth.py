@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broken import VARIANTS
+from broken import LIVENESS_VARIANTS, VARIANTS
 from paxos_sim import Sim, Violation
 
 MAX_SEEDS = 300
@@ -24,4 +24,12 @@ def first_violation(max_seeds: int, **variant) -> tuple[int, str] | None:
 def test_broken_variant_is_caught(name: str) -> None:
     found = first_violation(MAX_SEEDS, **VARIANTS[name])
     assert found is not None, f"{name}: no violation in {MAX_SEEDS} seeds"
+    print(f"{name}: caught at seed {found[0]}: {found[1]}")
+
+
+@pytest.mark.parametrize("name", list(LIVENESS_VARIANTS))
+def test_liveness_variant_is_caught(name: str) -> None:
+    found = first_violation(MAX_SEEDS, **LIVENESS_VARIANTS[name])
+    assert found is not None, f"{name}: no violation in {MAX_SEEDS} seeds"
+    assert "liveness" in found[1]
     print(f"{name}: caught at seed {found[0]}: {found[1]}")
