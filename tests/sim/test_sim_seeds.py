@@ -20,7 +20,16 @@ START = int(os.environ.get("REPLICATE_SIM_SEED_START", "0"))
 @pytest.mark.parametrize("seed", range(START, START + SEEDS), ids=lambda s: f"seed={s}")
 def test_random_run_keeps_invariants_and_settles(seed: int) -> None:
     print(f"seed {seed}")
-    sim = Sim(seed).run()
+    try:
+        sim = Sim(seed).run()
+    except Violation:
+        replay = Sim(seed, record=True)  # same seed, same run: show how it got there
+        try:
+            replay.run()
+        except Violation:
+            pass
+        print("\n".join(["last events:", *(line[:300] for line in replay.trace[-60:])]))
+        raise
     assert len(sim.chosen) >= sim.n_requests  # every request got a slot
     assert all(req.acked for req in sim.requests)
 
