@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from broken import LIVENESS_VARIANTS, VARIANTS
+from paxos_broken import LIVENESS_VARIANTS, VARIANTS
 from paxos_sim import Sim, Violation
 
 MAX_SEEDS = 300

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from replicate.paxos import Accept, Config, Fetch, Heartbeat, Prepare, Role
-from script import Script, both, kind, to
+from paxos_script import Script, both, kind, to
 
 TESTDATA = Path(__file__).parent / "testdata"
 UPDATE = os.environ.get("REPLICATE_UPDATE_TRANSCRIPTS") == "1"
