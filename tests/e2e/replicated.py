@@ -118,7 +118,10 @@ def wait_converged(cluster: LocalCluster, timeout: float = 60) -> tuple[int, lis
             if set(again) == slots:
                 return slots.pop(), keys
         if time.monotonic() > deadline:
-            raise AssertionError(f"nodes did not converge: applied slots {[s[0] for s in states]}")
+            logs = "\n".join(f"--- {p.name} proxy log ---\n{p.log_tail(30)}"
+                             for p in cluster.proxies)
+            raise AssertionError(f"nodes did not converge: applied slots {[s[0] for s in states]}"
+                                 f"; status {asyncio.run(statuses(cluster))}\n{logs}")
         time.sleep(0.2)
 
 
