@@ -35,6 +35,20 @@ class EntryKind(str, enum.Enum):
     CONTROL = "control"
 
 
+# Control actions every node performs at the same slot.
+CONTROL_ACTIONS = ("register_table", "unregister_table")
+
+
+def register_table(name: str) -> "Entry":
+    """The control entry that registers table ``name`` (schema-qualified, quoted as needed)."""
+    return Entry(f"REGISTER TABLE {name}", kind=EntryKind.CONTROL, control=("register_table", name))
+
+
+def unregister_table(name: str) -> "Entry":
+    return Entry(f"UNREGISTER TABLE {name}", kind=EntryKind.CONTROL,
+                 control=("unregister_table", name))
+
+
 @dataclass(frozen=True, slots=True)
 class Param:
     """One bind parameter exactly as the client sent it (``value`` None is SQL NULL)."""
@@ -60,10 +74,15 @@ class Entry:
     role: str | None = None
     binary_results: bool = False
     kind: EntryKind = EntryKind.STATEMENT
+    control: tuple[str, ...] = ()  # for CONTROL entries: the action and its arguments
 
     def __post_init__(self) -> None:
         if not isinstance(self.sql, str) or not self.sql.strip():
             raise ValueError("an entry needs a statement")
+        if (self.kind is EntryKind.CONTROL) != bool(self.control):
+            raise ValueError("a control entry (and only a control entry) names an action")
+        if self.control and self.control[0] not in CONTROL_ACTIONS:
+            raise ValueError(f"unknown control action {self.control[0]!r}")
         for name, _ in self.settings:
             if name not in RESULT_SETTINGS:
                 raise ValueError(f"setting {name!r} is not one an entry carries")
@@ -80,6 +99,8 @@ class Entry:
             doc["role"] = self.role
         if self.binary_results:
             doc["binary_results"] = True
+        if self.control:
+            doc["control"] = list(self.control)
         return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
     @classmethod
@@ -93,7 +114,8 @@ class Entry:
             return cls(sql=doc["sql"], params=params,
                        settings=tuple(doc.get("settings", {}).items()), role=doc.get("role"),
                        binary_results=bool(doc.get("binary_results", False)),
-                       kind=EntryKind(doc.get("kind", "statement")))
+                       kind=EntryKind(doc.get("kind", "statement")),
+                       control=tuple(doc.get("control", ())))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"malformed log entry: {exc}") from None
 

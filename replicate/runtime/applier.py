@@ -69,6 +69,10 @@ _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
     f"set_config('{name}', ${i + 2}, true)" for i, name in enumerate(CANONICAL_SETTINGS))
 
 
+def _quote(identifier: str) -> str:
+    return '"' + identifier.replace('"', '""') + '"'
+
+
 def is_deterministic(sqlstate: str | None) -> bool:
     return sqlstate is not None and sqlstate[:2] in DETERMINISTIC_CLASSES
 
@@ -212,8 +216,8 @@ class Applier:
                 records.append(_Record(Outcome(chosen.slot, rid, Status.ERROR, sqlstate="XX001",
                                                message=str(exc))))
                 continue
-            if entry.kind is not EntryKind.STATEMENT:
-                records.append(_Record(Outcome(chosen.slot, rid, Status.CONTROL)))
+            if entry.kind is EntryKind.CONTROL:
+                records.append(await self._control(cur, chosen.slot, rid, entry))
                 continue
             records.append(await self._statement(cur, chosen.slot, rid, entry))
         await self._record(cur, records)
@@ -249,6 +253,39 @@ class Applier:
         await cur.execute("RELEASE SAVEPOINT replicate_entry")
         return _Record(Outcome(slot, rid, Status.OK, tag, rowcount, columns, rows),
                        rows_digest(rows) if columns else None)
+
+    async def _control(self, cur: AsyncRawCursor, slot: int, rid: str, entry: Entry) -> _Record:
+        """Register or unregister a table: every node switches at this slot."""
+        action, *args = entry.control
+        await cur.execute("SAVEPOINT replicate_entry")
+        try:
+            # regclass resolves the name exactly as PostgreSQL would (quoting, case) or fails
+            await cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
+                              "ON n.oid = c.relnamespace WHERE c.oid = $1::regclass", [args[0]])
+            schema, relname = await cur.fetchone()
+            table = f"{_quote(schema)}.{_quote(relname)}"
+            if action == "register_table":
+                await cur.execute("SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass "
+                                  "AND tgname = 'replicate_guard'", [table])
+                if await cur.fetchone() is None:
+                    await cur.execute(f"CREATE TRIGGER replicate_guard BEFORE INSERT OR UPDATE "
+                                      f"OR DELETE OR TRUNCATE ON {table} FOR EACH STATEMENT "
+                                      f"EXECUTE FUNCTION replicate.guard()")
+                await cur.execute("INSERT INTO replicate.registered_tables (table_name, "
+                                  "since_slot) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                                  [table, slot])
+            else:
+                await cur.execute(f"DROP TRIGGER IF EXISTS replicate_guard ON {table}")
+                await cur.execute("DELETE FROM replicate.registered_tables WHERE table_name = $1",
+                                  [table])
+        except psycopg.Error as exc:
+            if not is_deterministic(exc.sqlstate):
+                raise
+            await cur.execute("ROLLBACK TO SAVEPOINT replicate_entry")
+            return _Record(Outcome(slot, rid, Status.ERROR, sqlstate=exc.sqlstate,
+                                   message=exc.diag.message_primary or str(exc)))
+        await cur.execute("RELEASE SAVEPOINT replicate_entry")
+        return _Record(Outcome(slot, rid, Status.CONTROL, command_tag=entry.sql))
 
     async def _duplicate(self, cur: AsyncRawCursor, slot: int, rid: str, earlier: int,
                          records: list[_Record]) -> Outcome:

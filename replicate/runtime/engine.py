@@ -123,6 +123,7 @@ class Engine:
         self.applied_upto = 0
         self._applied_changed = asyncio.Condition()
         self.stalled: str | None = None
+        self.control_version = 0   # bumped whenever a control entry (e.g. register) applied
         self._recovery_end: int | None = None
         self._led_ballot = None
         self._read_waiters: list[tuple[asyncio.Future, float]] = []
@@ -303,6 +304,8 @@ class Engine:
                 fut = self._waiters.get(outcome.request_id) if outcome.request_id else None
                 if fut is not None and not fut.done():
                     fut.set_result(outcome)
+                if outcome.status is Status.CONTROL:
+                    self.control_version += 1
             async with self._applied_changed:
                 self.applied_upto = batch[-1].slot
                 self._applied_changed.notify_all()

@@ -265,3 +265,42 @@ def test_retried_request_id_applies_once(make_cluster) -> None:
     assert again.command_tag == "INSERT 0 1" and again.ok
     _, keys = wait_converged(cluster)
     assert keys == ["once"]
+
+
+def test_register_table_switches_every_node_at_one_slot(make_cluster) -> None:
+    from replicate.command import register_table, unregister_table
+    cluster = make_cluster(3)
+    start_replicated(cluster)
+
+    async def run(entry):
+        (c,) = await clients(cluster, {"n2"})
+        try:
+            return await c.submit(entry)
+        finally:
+            await c.close()
+
+    registered = asyncio.run(run(register_table("Events")))  # resolved like PostgreSQL: events
+    assert registered.status.value == "control" and registered.ok
+    wait_converged(cluster)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT table_name, since_slot FROM replicate.registered_tables"
+                                ).fetchall() == [('"public"."events"', registered.slot)]
+            with pytest.raises(psycopg.Error) as info:
+                conn.execute("INSERT INTO events VALUES ('direct')")
+            assert info.value.sqlstate == "55000"
+            assert "replicate proxy" in info.value.diag.message_hint
+            with pytest.raises(psycopg.Error):
+                conn.execute("TRUNCATE events")
+    # replicated writes still apply (the applier sets replicate.applying)
+    assert asyncio.run(run(Entry("INSERT INTO events VALUES ('via log')"))).ok
+    missing = asyncio.run(run(register_table("public.nope")))
+    assert not missing.ok and missing.sqlstate == "42P01"
+    assert asyncio.run(run(unregister_table("events"))).ok
+    _, keys = wait_converged(cluster)
+    assert keys == ["via log"]
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO events VALUES ('direct again')")
+            assert conn.execute("SELECT count(*) FROM replicate.registered_tables"
+                                ).fetchone() == (0,)
