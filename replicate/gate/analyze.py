@@ -50,6 +50,10 @@ TIME_SVF: frozenset[str] = frozenset({
 ONCE_FUNCTIONS: frozenset[str] = frozenset(
     {"random", "gen_random_uuid", "uuidv4", "clock_timestamp"})
 
+#: Extension functions the gate can also replace where they run once (uuid-ossp's v4 is a
+#: random UUID like gen_random_uuid()), mapped to the built-in that makes the literal.
+EXTENSION_ONCE_FUNCTIONS: dict[str, str] = {"uuid_generate_v4": "gen_random_uuid"}
+
 #: Built-in functions whose value depends on the node or the session, not on the data.
 NODE_DEPENDENT: frozenset[str] = frozenset({
     "pg_backend_pid", "inet_client_addr", "inet_client_port", "inet_server_addr",
@@ -540,17 +544,19 @@ class Analyzer:
         schema, vol = self.function_volatility(names)
         loc = s["location"]
         args = s.get("args") or []
-        if schema == "pg_catalog":
+        if (schema == "pg_catalog" and fname in ONCE_FUNCTIONS and not args) or \
+                (schema is not None and vol is not None and fname in EXTENSION_ONCE_FUNCTIONS
+                 and not args):
+            if once:
+                self.a.sites.append(Site(loc, "once", EXTENSION_ONCE_FUNCTIONS.get(fname, fname)))
+            else:
+                self.a.write_problems.append(GateRefusal(
+                    "volatile-per-row",
+                    f"{fname}() would run once per row here, with different values "
+                    "on each node"))
+        elif schema == "pg_catalog":
             if fname in STATEMENT_TIME_FUNCTIONS and not args:
                 self.a.sites.append(Site(loc, "time", (fname, -1)))
-            elif fname in ONCE_FUNCTIONS and not args:
-                if once:
-                    self.a.sites.append(Site(loc, "once", fname))
-                else:
-                    self.a.write_problems.append(GateRefusal(
-                        "volatile-per-row",
-                        f"{fname}() would run once per row here, with different values "
-                        "on each node"))
             elif fname in SEQUENCE_WRITERS:
                 self.sequence_call(fname, args, once)
             elif fname in SESSION_SEQUENCE_READERS:

@@ -141,6 +141,7 @@ def corpus_catalog() -> Catalog:
                              TableName("app", "accounts"), TableName("public", "global_seq"),
                              TableName("public", "accounts_view")}),
         functions={("public", "slugify"): "i", ("public", "touch"): "v",
+                   ("public", "uuid_generate_v4"): "v", ("public", "uuid_generate_v1"): "v",
                    ("public", "lookup"): "s", ("app", "bump"): "v"},
         sequences={TableName("public", "accounts_id_seq"): TableName("public", "accounts"),
                    TableName("public", "ledger_id_seq"): TableName("public", "ledger")},
