@@ -69,6 +69,29 @@ _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
     f"set_config('{name}', ${i + 2}, true)" for i, name in enumerate(CANONICAL_SETTINGS))
 
 
+# nextval() is not transactional: a batch rolled back for a local reason, or crash recovery,
+# can leave a sequence ahead on one node. Each batch first puts every sequence owned by a
+# registered table back to the state committed with the applied slot, and records the new
+# state in the same transaction (sql/003_sequences.sql).
+_RESTORE_SEQUENCES = """
+SELECT setval(to_regclass(sequence_name), last_value, is_called)
+FROM replicate.sequence_state
+WHERE to_regclass(sequence_name) IS NOT NULL"""
+_SAVE_SEQUENCES = """
+INSERT INTO replicate.sequence_state (sequence_name, last_value, is_called)
+SELECT DISTINCT quote_ident(s.schemaname) || '.' || quote_ident(s.sequencename),
+       coalesce(s.last_value, s.start_value), s.last_value IS NOT NULL
+FROM replicate.registered_tables r
+JOIN pg_depend d ON d.refobjid = to_regclass(r.table_name)
+                AND d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_class'::regclass
+                AND d.deptype IN ('a', 'i')
+JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
+ON CONFLICT (sequence_name) DO UPDATE
+SET last_value = EXCLUDED.last_value, is_called = EXCLUDED.is_called"""
+
+
 def _quote(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
@@ -191,6 +214,7 @@ class Applier:
                           "set_config('lock_timeout', $1, true), "
                           "set_config('statement_timeout', $2, true)",
                           [str(self.apply_timeout_ms), str(4 * self.apply_timeout_ms)])
+        await cur.execute(_RESTORE_SEQUENCES)
         seen: dict[str, int] = {}
         records: list[_Record] = []
         for chosen in entries:
@@ -221,6 +245,7 @@ class Applier:
                 continue
             records.append(await self._statement(cur, chosen.slot, rid, entry))
         await self._record(cur, records)
+        await cur.execute(_SAVE_SEQUENCES)
         await cur.execute("UPDATE replicate.applied SET slot = $1", [entries[-1].slot])
         return [r.outcome for r in records]
 

@@ -304,3 +304,52 @@ def test_register_table_switches_every_node_at_one_slot(make_cluster) -> None:
             conn.execute("INSERT INTO events VALUES ('direct again')")
             assert conn.execute("SELECT count(*) FROM replicate.registered_tables"
                                 ).fetchone() == (0,)
+
+
+async def _register(cluster, table: str) -> None:
+    from replicate.command import register_table
+    (c,) = await clients(cluster, {"n1"})
+    assert (await c.submit(register_table(table))).ok
+    await c.close()
+    wait_converged(cluster)
+
+
+def test_sequence_values_agree_after_local_retries(make_cluster) -> None:
+    """nextval is not transactional: retried batches must not move one node's sequence ahead."""
+    cluster = make_cluster(3)
+    start_replicated(cluster, apply_timeout_ms=200)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id serial PRIMARY KEY, v text UNIQUE)")
+    asyncio.run(_register(cluster, "items"))
+    slow = cluster.nodes[2]
+    # On n3 an open transaction holds v='x': the replicated insert of 'x' draws nextval, then
+    # waits on the unique check, hits the lock timeout, rolls back and is retried.
+    holder = psycopg.connect(slow.dsn)
+    holder.execute("SET replicate.applying = on")
+    holder.execute("INSERT INTO items (id, v) VALUES (-1, 'x')")
+
+    async def run():
+        (c,) = await clients(cluster, {"n1"})
+        for v in ("x", "y"):
+            assert (await c.submit(Entry("INSERT INTO items (v) VALUES ($1)",
+                                         (Param(v.encode()),)))).ok
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # let n3 fail and retry a few times
+            state = (await statuses(cluster))["n3"]
+            if state and state["stalled"]:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)
+        await c.close()
+
+    asyncio.run(run())
+    holder.rollback()
+    holder.close()
+    wait_converged(cluster)
+    rows = []
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn) as conn:
+            rows.append(conn.execute("SELECT id, v FROM items ORDER BY id").fetchall())
+    assert rows[0] == [(1, "x"), (2, "y")]
+    assert rows[1] == rows[0] and rows[2] == rows[0], rows

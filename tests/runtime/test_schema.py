@@ -13,7 +13,7 @@ from replicate.runtime import schema
 from replicate.runtime.schema import SCHEMA_VERSION, SchemaError
 
 TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "requests",
-          "registered_tables", "members"}
+          "registered_tables", "members", "sequence_state"}
 FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard"}
 
 # Everything in schema replicate that an install could change: relations with their columns,
