@@ -17,6 +17,8 @@ Invariants, checked after every event (each violation raises ``Violation``):
   acceptors accepted the same (slot, ballot); and no ballot carries two values for one slot;
 - every chosen value was proposed by a client, or is the no-op;
 - an acceptor's promise never decreases, across restarts too;
+- what an acceptor reports as chosen (``Fetched``, chosen marks in ``Promise``) is the
+  globally chosen value;
 - each replica applies slots in order without gaps, and only globally chosen values (so all
   learners' delivered prefixes agree);
 - each request id is applied at most once per replica (the applier dedupes), every acknowledged
@@ -34,8 +36,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from replicate.paxos import (
-    Accept, Acceptor, Ballot, Config, Envelope, HardState, InMemoryAcceptorStorage, Replica, Role,
-    Value,
+    Accept, Acceptor, Ballot, Config, Envelope, Fetched, HardState, InMemoryAcceptorStorage,
+    Promise, Replica, Role, Value,
 )
 from replicate.paxos.messages import AcceptorRequest
 
@@ -238,6 +240,19 @@ class Sim:
             self.fail(f"acceptor {j} promise went down from {self.max_promise[j]} to {p}")
         self.max_promise[j] = p
 
+    def _check_marks(self, j: int, reply: object) -> None:
+        """What an acceptor reports as chosen must be the chosen value."""
+        if isinstance(reply, Fetched):
+            marked = [(e.slot, e.value) for e in reply.entries]
+        elif isinstance(reply, Promise):
+            marked = [(e.slot, e.value) for e in reply.accepted if e.chosen]
+        else:
+            return
+        for slot, value in marked:
+            if self.chosen.get(slot) != value:
+                self.fail(f"acceptor {j} marks {value} chosen in slot {slot}, "
+                          f"chosen is {self.chosen.get(slot)}")
+
     def _apply(self, i: int, slot: int, value: Value) -> None:
         sm = self.sms[i]
         if slot != sm.applied_upto + 1:
@@ -281,6 +296,7 @@ class Sim:
             if write.accept is not None:
                 self._record_accepts(j, write)
             self._check_promise(j)
+            self._check_marks(j, reply)
             self._send(Envelope(env.dst, env.src, reply))
         else:
             i = dst.id
