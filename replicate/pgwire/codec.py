@@ -351,8 +351,15 @@ def parse_frontend(type_: bytes, body: bytes, encoding: str = "utf-8") -> m.Fron
     return _parse(_FRONTEND, type_, body, encoding)
 
 
+_READY = {bytes([s]): m.ReadyForQuery(chr(s)) for s in b"ITE"}
+
+
 def parse_backend(type_: bytes, body: bytes, encoding: str = "utf-8") -> m.BackendMessage:
     """Parse the body of one backend message (``Unknown`` for a type we do not model)."""
+    if type_ == b"Z":  # the hot one: after every request
+        ready = _READY.get(body)
+        if ready is not None:
+            return ready
     return _parse(_BACKEND, type_, body, encoding)
 
 
@@ -702,11 +709,16 @@ class FrameScanner:
                 partial.clear()
                 out.append((self.parse(raw[:1], raw[5:], self.encoding), pos))
         want = self.want
+        unpack_from = _I32.unpack_from
+        max_length = self.max_length
         while pos < n:
             if n - pos < 5:
                 partial += data[pos:]
                 return out
-            t, length = self._header(data, pos)
+            t = data[pos]
+            length = unpack_from(data, pos + 1)[0]
+            if length < 4 or length > max_length:
+                self._header(data, pos)  # raises
             end = pos + 1 + length
             if want is None or t in want:
                 if end > n:

@@ -1,38 +1,47 @@
 """The transparent relay: one PostgreSQL client <-> the proxy's local PostgreSQL node.
 
-``relay_client(first8, reader, writer, backend=...)`` serves one client
-connection (the listener already read its first 8 bytes to tell peers from
-clients). It opens its own connection to the local node and relays bytes both
-ways, so every client works unchanged: authentication (trust, md5,
-SCRAM-SHA-256) is the node's, BackendKeyData is the node's (a CancelRequest
-sent to the proxy is forwarded to the node on a new connection and matches),
-and simple/extended queries, pipelining, COPY, notices and LISTEN/NOTIFY pass
-through as they came.
+``relay_client(first8, reader, writer, backend=(host, port), hooks=None)``
+serves one client connection (the listener already read its first 8 bytes to
+tell peers from clients). It opens its own connection to the local node and
+relays bytes both ways, so every client works unchanged: authentication
+(trust, md5, SCRAM-SHA-256) is the node's, BackendKeyData is the node's (a
+CancelRequest sent to the proxy is forwarded to the node on a new connection
+and matches), and simple/extended queries, pipelining, COPY, notices and
+LISTEN/NOTIFY pass through as they came.
 
-Startup phase: SSLRequest and GSSENCRequest are answered ``N`` (TLS
-termination is not built yet: clients with ``sslmode=prefer`` go on in clear
-text, ``sslmode=require`` is refused by the client). A client that breaks the
-protocol gets a FATAL ErrorResponse 08P01 and only its connection closes. If
-the node cannot be reached or goes away, the client gets FATAL 08006 (the
-node's own FATAL, e.g. 57P01 at shutdown, is relayed as it is).
+Startup phase (asyncio streams): SSLRequest and GSSENCRequest are answered
+``N`` -- TLS termination is not built yet: clients with ``sslmode=prefer`` go on
+in clear text, ``sslmode=require`` is refused by the client. A client that
+breaks the protocol gets a FATAL ErrorResponse 08P01 and only its connection
+closes. If the node cannot be reached, or goes away without saying why, the
+client gets FATAL 08006 (the node's own FATAL, e.g. 57P01 at shutdown, is
+relayed as it is).
+
+After the startup message the relay switches both sockets to asyncio
+protocols: bytes from one side are written to the other from the
+``data_received`` callback, with no task switch on the way (the relay is on
+every query's path). Backpressure: when one side's send buffer is full, the
+other side stops being read.
 
 The seam for interception
 -------------------------
-``hooks`` is an object with::
+``hooks`` is an object with one method::
 
-    async def on_frontend(self, session: Session, message) -> Action
+    def on_frontend(self, session: Session, message) -> Action | Awaitable[Action]
 
 It is called, in order and one at a time, for every frontend message whose
 type is in ``HOOKED`` (Query, Parse, Bind, Describe, Execute, Sync, Close,
-Flush), decoded by ``replicate.pgwire``. Returning ``Action.FORWARD`` relays
-the message's original bytes to the node; ``Action.HANDLED`` means the hook
-dealt with it (it wrote its own reply with ``session.write_client`` and/or
-sent something else with ``session.write_backend``); the relay then drops
-it. The next client message is not read until the hook returns, so a hook
-may await (the engine, the node) without reordering the stream. Messages
-before a hooked one are written to the node before the hook is called.
-``Hooks`` is the base class (forward everything); ``hooks=None`` is the same
-without decoding anything, the fastest path.
+Flush), decoded by ``replicate.pgwire``. It returns ``Action.FORWARD`` (relay
+the message's original bytes to the node) or ``Action.HANDLED`` (the hook
+dealt with it: it wrote its own reply with ``session.write_client`` and/or
+sent something else with ``session.write_backend``; the relay drops the
+message) -- directly when it can decide at once (the fast path: no task, no
+await), or as an awaitable (e.g. a coroutine) when it must wait for the
+engine or the node. While an awaitable runs, the client is not read and no
+later message is relayed, so the stream is never reordered; messages before
+the hooked one were already written to the node. ``Hooks`` is the base class
+(forward everything); ``hooks=None`` forwards everything without decoding
+anything (messages are only framed), the fastest path.
 
 ``Session`` exposes:
 
@@ -43,23 +52,22 @@ without decoding anything, the fastest path.
   server_version, ...), kept current;
 - ``transaction_status``: ``I``/``T``/``E`` from the last ReadyForQuery;
 - ``backend_pid``, ``backend_secret`` (BackendKeyData), ``encoding`` (the
-  Python codec of client_encoding);
+  Python codec of client_encoding, used to decode and encode text);
 - ``pending``: requests forwarded (Query, Sync, FunctionCall) whose
   ReadyForQuery has not come back; ``await wait_idle()`` until it is 0, so that
-  an interceptor's own reply is not written before replies still in flight;
+  a hook's own reply is not written before replies still in flight;
 - ``write_client(data)`` / ``write_backend(data)`` (bytes or a message) and
-  ``await drain()``;
+  ``await drain()`` (waits while either send buffer is full);
 - ``await exchange(data) -> list[BackendMessage]``: wait until idle, send
-  ``data`` (ending with a Query or a Sync) to the node on the session's own
-  connection, and collect the node's replies up to and including
-  ReadyForQuery instead of relaying them (for queries an interceptor runs in
-  the client's session: its search_path, its transaction).
+  ``data`` (one request ending in a Query or a Sync) to the node on the
+  session's own connection, and return the node's replies up to and including
+  ReadyForQuery instead of relaying them (for queries a hook runs inside the
+  client's session: its search_path, its transaction). Notifications and
+  ParameterStatus that arrive meanwhile are passed on to the client.
 
 Extended-protocol replies only come at Sync or Flush: a hook that answers an
 Execute inside a pipeline must mind what the node still owes the client
-before that point. Cost: with ``hooks=None`` the frontend side only reads
-message lengths; the backend side reads one length per message and parses
-only ReadyForQuery, ParameterStatus, BackendKeyData and ErrorResponse.
+before that point (e.g. send a Flush and wait, or answer at the Sync).
 """
 
 from __future__ import annotations
@@ -68,6 +76,7 @@ import asyncio
 import enum
 import functools
 import logging
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 from psycopg.conninfo import conninfo_to_dict
@@ -79,12 +88,15 @@ from replicate.pgwire import messages as m
 log = logging.getLogger("replicate.relay")
 
 STARTUP_TIMEOUT_S = 60.0
+CONNECT_TIMEOUT_S = 10.0
 CHUNK = 256 * 1024
+HIGH_WATER = 1024 * 1024      # a send buffer above this pauses reading the other side
 
 HOOKED = (m.Query, m.Parse, m.Bind, m.Describe, m.Execute, m.Sync, m.Close, m.Flush)
 _HOOKED_TYPES = frozenset(b"QPBDESCH")
 _SYNC_POINTS = frozenset(b"QSF")      # frontend messages answered by a ReadyForQuery
 _TRACKED = b"ZSKE"                    # backend messages the relay itself reads
+_TERMINATE = ord("X")
 
 
 class Action(enum.Enum):
@@ -93,13 +105,13 @@ class Action(enum.Enum):
 
 
 class HooksProtocol(Protocol):
-    async def on_frontend(self, session: "Session", message: Any) -> Action: ...
+    def on_frontend(self, session: "Session", message: Any) -> Action | Awaitable[Action]: ...
 
 
 class Hooks:
     """Forward everything (subclass and override ``on_frontend``)."""
 
-    async def on_frontend(self, session: "Session", message: Any) -> Action:
+    def on_frontend(self, session: "Session", message: Any) -> Action | Awaitable[Action]:
         return Action.FORWARD
 
 
@@ -112,18 +124,69 @@ def backend_address(dsn: str) -> tuple[str, int]:
     return host, port
 
 
-async def open_backend(host: str, port: int, timeout: float = 10.0):
-    if host.startswith("/"):
-        return await asyncio.wait_for(
-            asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}", limit=CHUNK), timeout)
-    return await asyncio.wait_for(asyncio.open_connection(host, port, limit=CHUNK), timeout)
+def _frame_type(type_: bytes, body: bytes, encoding: str) -> int:
+    return type_[0]
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a session; forwards its events to the session."""
+
+    def __init__(self, session: "Session", client: bool) -> None:
+        self.session = session
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.paused = False           # our send buffer is full
+        self._resumed: asyncio.Future | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        if self.client:
+            self.session._from_client(data)
+        else:
+            self.session._from_backend(data)
+
+    def eof_received(self) -> bool:
+        return False  # close
+
+    def connection_lost(self, exc) -> None:
+        self.session._lost(self.client, exc)
+        self._wake()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        self.session._other(self).pause()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.session._other(self).resume()
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._resumed is not None and not self._resumed.done():
+            self._resumed.set_result(None)
+        self._resumed = None
+
+    async def drained(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self._resumed = asyncio.get_running_loop().create_future()
+            await self._resumed
+
+    # reading the other side is paused for two reasons: its peer's send buffer is full,
+    # or a hook is running; it resumes when neither holds
+    def pause(self) -> None:
+        self.session._hold(self, +1)
+
+    def resume(self) -> None:
+        self.session._hold(self, -1)
 
 
 class Session:
-    """One client session as an interceptor sees it (see the module docstring)."""
+    """One client session as a hook sees it (see the module docstring)."""
 
-    def __init__(self, startup: m.StartupMessage, client: asyncio.StreamWriter,
-                 backend: asyncio.StreamWriter) -> None:
+    def __init__(self, startup: m.StartupMessage, decoder: codec.FrontendDecoder,
+                 hooks: HooksProtocol | None) -> None:
         self.startup: dict[str, str] = dict(startup.params)
         self.parameters: dict[str, str] = {}
         self.transaction_status = "I"
@@ -132,13 +195,22 @@ class Session:
         self.encoding = "utf-8"
         self.pending = 0
         self.backend_fatal = False
-        self._client = client
-        self._backend = backend
+        self.hooks = hooks
+        self._decoder = decoder
+        self._front_scanner = codec.FrameScanner(b"QSFX", parse=_frame_type,
+                                                 max_length=codec.MAX_MESSAGE_LENGTH)
+        self._scanner = codec.FrameScanner(_TRACKED)
+        self._client = _Side(self, client=True)
+        self._backend = _Side(self, client=False)
+        self._holds = {id(self._client): 0, id(self._backend): 0}
         self._idle = asyncio.Event()
         self._idle.set()
         self._capture: tuple[asyncio.Future, list] | None = None
-        self._decoder: codec.FrontendDecoder | None = None
-        self._scanner: codec.FrameScanner | None = None
+        self._hook_task: asyncio.Task | None = None
+        self._hook_hold = False
+        self._closed = asyncio.get_running_loop().create_future()
+        self._client_gone = False
+        self._terminated = False
 
     @property
     def user(self) -> str:
@@ -152,41 +224,56 @@ class Session:
     def application_name(self) -> str:
         return self.parameters.get("application_name", self.startup.get("application_name", ""))
 
-    # -- writing ------------------------------------------------------------
+    # -- the API for hooks --------------------------------------------------------------
 
     def write_client(self, data: bytes | Any) -> None:
-        self._client.write(data if isinstance(data, (bytes, bytearray)) else
-                           codec.encode(data, self.encoding))
+        if self._client.transport is not None:
+            self._client.transport.write(data if isinstance(data, (bytes, bytearray)) else
+                                         codec.encode(data, self.encoding))
 
     def write_backend(self, data: bytes | Any) -> None:
-        self._backend.write(data if isinstance(data, (bytes, bytearray)) else
-                            codec.encode(data, self.encoding))
+        if self._backend.transport is not None:
+            self._backend.transport.write(data if isinstance(data, (bytes, bytearray)) else
+                                          codec.encode(data, self.encoding))
 
     async def drain(self) -> None:
-        await self._client.drain()
-        await self._backend.drain()
-
-    # -- waiting on the node --------------------------------------------------
+        await self._client.drained()
+        await self._backend.drained()
 
     async def wait_idle(self) -> None:
-        """Until every forwarded request got its ReadyForQuery (and the stream is between messages)."""
+        """Until every forwarded request got its ReadyForQuery (and no message is half-relayed)."""
         while True:
             await self._idle.wait()
-            if self._scanner is None or self._scanner.at_boundary:
+            if self._scanner.at_boundary:
                 return
-            self._idle.clear()  # a message is cut: the next chunk completes it and sets idle
+            self._idle.clear()  # a message is cut: the chunk that completes it sets idle again
 
     async def exchange(self, data: bytes | Any) -> list[Any]:
         """Send ``data`` to the node and return its replies up to ReadyForQuery, not relayed."""
         await self.wait_idle()
         fut = asyncio.get_running_loop().create_future()
         self._capture = (fut, [])
-        self._mark_sent(1)
+        self._sent(1)
         self.write_backend(data)
-        await self._backend.drain()
         return await fut
 
-    def _mark_sent(self, n: int) -> None:
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _other(self, side: _Side) -> _Side:
+        return self._backend if side is self._client else self._client
+
+    def _hold(self, side: _Side, delta: int) -> None:
+        holds = self._holds[id(side)] + delta
+        self._holds[id(side)] = holds
+        transport = side.transport
+        if transport is None or transport.is_closing():
+            return
+        if holds > 0 and transport.is_reading():
+            transport.pause_reading()
+        elif holds == 0 and not transport.is_reading():
+            transport.resume_reading()
+
+    def _sent(self, n: int) -> None:
         self.pending += n
         self._idle.clear()
 
@@ -202,18 +289,172 @@ class Session:
             self.parameters[msg.name] = msg.value
             if msg.name == "client_encoding":
                 self.encoding = codec.python_encoding(msg.value)
-                if self._decoder is not None:
-                    self._decoder.encoding = self.encoding
-                if self._scanner is not None:
-                    self._scanner.encoding = self.encoding
+                self._decoder.encoding = self.encoding
+                self._scanner.encoding = self.encoding
         elif t is m.BackendKeyData:
             self.backend_pid, self.backend_secret = msg.pid, msg.secret
         elif t is m.ErrorResponse:
-            if msg.fields.get("S") in ("FATAL", "PANIC") or msg.fields.get("V") in ("FATAL", "PANIC"):
+            if msg.fields.get("V", msg.fields.get("S")) in ("FATAL", "PANIC"):
                 self.backend_fatal = True
 
+    def _fatal(self, sqlstate: str, message: str) -> None:
+        """Tell the client why (FATAL), then close both connections."""
+        if not self._client_gone:
+            self.write_client(codec.error_bytes("FATAL", sqlstate, message))
+        self._close()
 
-# --------------------------------------------------------------------------- the relay
+    def _close(self) -> None:
+        for side in (self._client, self._backend):
+            if side.transport is not None:
+                side.transport.close()
+        if self._hook_task is not None and not self._hook_task.done():
+            self._hook_task.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+    def _lost(self, client: bool, exc: BaseException | None) -> None:
+        if client:
+            self._client_gone = True
+            self._close()
+        elif not self._client_gone and not self._terminated:
+            if self.backend_fatal:
+                self._close()
+            else:
+                self._fatal("08006", "the connection to the PostgreSQL node behind this "
+                                     "proxy was lost")
+        else:
+            self._close()
+
+    # -- client -> node -----------------------------------------------------------------
+
+    def _from_client(self, data: bytes) -> None:
+        try:
+            if self.hooks is None:
+                syncs = 0
+                for code, _ in self._front_scanner.feed(data):
+                    if code == _TERMINATE:
+                        self._terminated = True
+                    else:
+                        syncs += 1
+                if syncs:
+                    self._sent(syncs)
+                self._backend.transport.write(data)
+            else:
+                self._decoder.feed(data)
+                if self._hook_task is None:
+                    self._relay_frames()
+        except ProtocolError as exc:
+            log.info("closing a client connection: the client broke the protocol: %s",
+                     exc.message)
+            self._fatal("08P01", exc.message)
+        except Exception as exc:  # noqa: BLE001 - a hook failure ends this session only
+            log.exception("relaying a client's messages failed")
+            self._fatal("XX000", f"internal error in the replicate proxy: {exc!r}")
+
+    def _relay_frames(self) -> None:
+        """Forward decoded frames until the buffer is empty or a hook must be awaited."""
+        decoder = self._decoder
+        hooks = self.hooks
+        out: list[bytes] = []
+        syncs = 0
+        try:
+            while (frame := decoder.next_typed_frame()) is not None:
+                t, raw = frame
+                code = raw[0]
+                if code in _HOOKED_TYPES:
+                    msg = codec.parse_frontend(t, raw[5:], decoder.encoding)
+                    if out:
+                        self._write_out(out, syncs)
+                        out, syncs = [], 0
+                    action = hooks.on_frontend(self, msg)
+                    if not isinstance(action, Action):
+                        self._await_hook(action, raw)
+                        return
+                    if action is Action.HANDLED:
+                        continue
+                if code in _SYNC_POINTS:
+                    syncs += 1
+                elif code == _TERMINATE:
+                    self._terminated = True
+                out.append(raw)
+        finally:
+            if out:
+                self._write_out(out, syncs)
+
+    def _write_out(self, out: list[bytes], syncs: int) -> None:
+        if syncs:
+            self._sent(syncs)
+        self._backend.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def _await_hook(self, awaitable: Awaitable[Action], raw: bytes) -> None:
+        if not self._hook_hold:  # the client is not read while a hook runs
+            self._hook_hold = True
+            self._client.pause()
+        self._hook_task = asyncio.ensure_future(self._finish_hook(awaitable, raw))
+
+    async def _finish_hook(self, awaitable: Awaitable[Action], raw: bytes) -> None:
+        try:
+            action = await awaitable
+            if action is not Action.HANDLED:
+                self._write_out([raw], 1 if raw[0] in _SYNC_POINTS else 0)
+            self._hook_task = None
+            self._relay_frames()
+            if self._hook_task is None and self._hook_hold:
+                self._hook_hold = False
+                self._client.resume()
+        except ProtocolError as exc:
+            self._fatal("08P01", exc.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a hook failure ends this session only
+            log.exception("a relay hook failed")
+            self._fatal("XX000", f"internal error in the replicate proxy: {exc!r}")
+
+    # -- node -> client -----------------------------------------------------------------
+
+    def _from_backend(self, data: bytes) -> None:
+        try:
+            if self._capture is not None:
+                self._captured(data)
+                return
+            for msg, _ in self._scanner.feed(data):
+                self._track(msg)
+            self._client.transport.write(data)
+            if self.pending == 0 and not self._idle.is_set() and self._scanner.at_boundary:
+                self._idle.set()
+        except ProtocolError as exc:
+            log.warning("closing a client connection: the node broke the protocol: %s",
+                        exc.message)
+            self._fatal("08P01", exc.message)
+
+    def _captured(self, data: bytes) -> None:
+        """Data from the node during ``exchange``: collect it up to ReadyForQuery."""
+        assert self._capture is not None
+        fut, got = self._capture
+        scanner = self._scanner
+        scanner.want = None
+        try:
+            found = scanner.feed(data)
+        finally:
+            scanner.want = frozenset(_TRACKED)
+        for i, (msg, end) in enumerate(found):
+            self._track(msg)
+            got.append(msg)
+            if not isinstance(msg, m.ReadyForQuery):
+                continue
+            self._capture = None
+            for early in got:  # asynchronous messages belong to the client
+                if isinstance(early, (m.NotificationResponse, m.ParameterStatus)):
+                    self.write_client(early)
+            for later, _ in found[i + 1:]:
+                self._track(later)
+            self._client.transport.write(data[end:])
+            if not fut.done():
+                fut.set_result(got)
+            return
+
+
+# --------------------------------------------------------------------------- entry point
 
 async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        *, backend: tuple[str, int], hooks: HooksProtocol | None = None) -> None:
@@ -224,6 +465,7 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
         startup = await asyncio.wait_for(_startup_phase(decoder, reader, writer, backend),
                                          STARTUP_TIMEOUT_S)
     except ProtocolError as exc:
+        log.info("closing a client connection: the client broke the protocol: %s", exc.message)
         await _fatal(writer, "08P01", exc.message)
         return
     except (asyncio.TimeoutError, asyncio.IncompleteReadError, ConnectionError):
@@ -231,19 +473,38 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
     if startup is None:
         return
     msg, raw = startup
+    session = Session(msg, decoder, hooks)
+    loop = asyncio.get_running_loop()
     try:
-        breader, bwriter = await open_backend(*backend)
+        host, port = backend
+        if host.startswith("/"):
+            connect = loop.create_unix_connection(lambda: session._backend,
+                                                  f"{host}/.s.PGSQL.{port}")
+        else:
+            connect = loop.create_connection(lambda: session._backend, host, port)
+        await asyncio.wait_for(connect, CONNECT_TIMEOUT_S)
     except (OSError, asyncio.TimeoutError) as exc:
         await _fatal(writer, "08006", f"the proxy cannot reach its PostgreSQL node at "
                                       f"{backend[0]}:{backend[1]}: {exc}")
         return
-    session = Session(msg, writer, bwriter)
-    session._decoder = decoder
+    # Hand the client socket over from the stream to the session's protocol.
+    transport = writer.transport
+    leftover = bytes(getattr(reader, "_buffer", b""))  # a client waits for auth; normally empty
+    session._client.transport = transport
+    transport.set_protocol(session._client)
+    session._backend.transport.set_write_buffer_limits(HIGH_WATER)
+    transport.set_write_buffer_limits(HIGH_WATER)
+    if not transport.is_reading():
+        transport.resume_reading()
+    session._backend.transport.write(raw)
+    if leftover:
+        session._from_client(leftover)
+    if transport.is_closing():
+        session._lost(True, None)
     try:
-        bwriter.write(raw)
-        await _pumps(session, decoder, reader, writer, breader, bwriter, hooks)
+        await session._closed
     finally:
-        bwriter.close()
+        session._close()
 
 
 async def _startup_phase(decoder: codec.FrontendDecoder, reader: asyncio.StreamReader,
@@ -274,8 +535,13 @@ async def _startup_phase(decoder: codec.FrontendDecoder, reader: asyncio.StreamR
 
 
 async def _forward_cancel(raw: bytes, backend: tuple[str, int]) -> None:
+    host, port = backend
     try:
-        breader, bwriter = await open_backend(*backend, timeout=5)
+        if host.startswith("/"):
+            connect = asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
+        else:
+            connect = asyncio.open_connection(host, port)
+        breader, bwriter = await asyncio.wait_for(connect, 5)
     except (OSError, asyncio.TimeoutError):
         return
     try:
@@ -296,122 +562,5 @@ async def _fatal(writer: asyncio.StreamWriter, sqlstate: str, message: str) -> N
         pass
 
 
-async def _pumps(session: Session, decoder: codec.FrontendDecoder,
-                 reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 breader: asyncio.StreamReader, bwriter: asyncio.StreamWriter,
-                 hooks: HooksProtocol | None) -> None:
-    up = asyncio.create_task(_client_to_backend(session, decoder, reader, bwriter, hooks))
-    down = asyncio.create_task(_backend_to_client(session, breader, writer))
-    try:
-        done, _ = await asyncio.wait((up, down), return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (up, down):
-            task.cancel()
-        await asyncio.gather(up, down, return_exceptions=True)
-    for task in done:
-        exc = task.exception()
-        if isinstance(exc, ProtocolError):
-            where = "client" if task is up else "node"
-            log.info("closing a client connection: the %s broke the protocol: %s", where, exc.message)
-            await _fatal(writer, "08P01", exc.message)
-        elif task is down and not session.backend_fatal and not isinstance(exc, ConnectionError):
-            await _fatal(writer, "08006", "the connection to the PostgreSQL node behind this "
-                                          "proxy was lost")
-        elif exc is not None and not isinstance(exc, ConnectionError):
-            log.exception("relay failure", exc_info=exc)
-            await _fatal(writer, "XX000", f"internal error in the replicate proxy: {exc!r}")
-
-
-async def _client_to_backend(session: Session, decoder: codec.FrontendDecoder,
-                             reader: asyncio.StreamReader, bwriter: asyncio.StreamWriter,
-                             hooks: HooksProtocol | None) -> None:
-    """Returns when the client closed or sent Terminate."""
-    next_frame = decoder.next_typed_frame
-    sync_points = _SYNC_POINTS
-    while True:
-        data = await reader.read(CHUNK)
-        if not data:
-            return
-        decoder.feed(data)
-        out: list[bytes] = []
-        syncs = 0
-        while (frame := next_frame()) is not None:
-            t, raw = frame
-            code = raw[0]
-            if hooks is not None and code in _HOOKED_TYPES:
-                msg = codec.parse_frontend(t, raw[5:], decoder.encoding)
-                if out:
-                    if syncs:
-                        session._mark_sent(syncs)
-                        syncs = 0
-                    bwriter.write(b"".join(out))
-                    out.clear()
-                action = await hooks.on_frontend(session, msg)
-                if action is Action.HANDLED:
-                    continue
-            if code in sync_points:
-                syncs += 1
-            out.append(raw)
-            if code == 88:  # 'X' Terminate
-                bwriter.write(b"".join(out))
-                await bwriter.drain()
-                return
-        if out:
-            if syncs:
-                session._mark_sent(syncs)
-            bwriter.write(out[0] if len(out) == 1 else b"".join(out))
-        await bwriter.drain()
-
-
-async def _backend_to_client(session: Session, breader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-    """Returns when the node closed its connection."""
-    scanner = codec.FrameScanner(_TRACKED)
-    session._scanner = scanner
-    track = session._track
-    while True:
-        data = await breader.read(CHUNK)
-        if not data:
-            return
-        if session._capture is None:
-            for msg, _ in scanner.feed(data):
-                track(msg)
-            writer.write(data)
-            if not session._idle.is_set() and session.pending == 0 and scanner.at_boundary:
-                session._idle.set()
-        else:
-            _captured(session, scanner, data, writer)
-        await writer.drain()
-
-
-def _captured(session: Session, scanner: codec.FrameScanner, data: bytes,
-              writer: asyncio.StreamWriter) -> None:
-    """Data from the node during ``Session.exchange``: collect it up to ReadyForQuery.
-
-    Asynchronous messages that arrive meanwhile (NotificationResponse,
-    ParameterStatus) belong to the client: they are re-sent to it afterwards.
-    Bytes after the ReadyForQuery are relayed as usual.
-    """
-    assert session._capture is not None
-    fut, got = session._capture
-    scanner.want = None
-    try:
-        found = scanner.feed(data)
-    finally:
-        scanner.want = frozenset(_TRACKED)
-    for i, (msg, end) in enumerate(found):
-        session._track(msg)
-        if not isinstance(msg, m.ReadyForQuery):
-            got.append(msg)
-            continue
-        got.append(msg)
-        session._capture = None
-        for early in got:
-            if isinstance(early, (m.NotificationResponse, m.ParameterStatus)):
-                writer.write(codec.encode(early, session.encoding))
-        for later, _ in found[i + 1:]:
-            session._track(later)
-        writer.write(data[end:])
-        if not fut.done():
-            fut.set_result(got)
-        return
+__all__ = ["Action", "HOOKED", "Hooks", "HooksProtocol", "Session", "backend_address",
+           "relay_client"]
