@@ -267,7 +267,20 @@ class Replica:
 
     @property
     def delivered_upto(self) -> int:
+        """Every slot at or below this was handed out in ``Ready.chosen``."""
         return self.learner.delivered_upto
+
+    @property
+    def commit_index(self) -> int | None:
+        """While leading: every slot at or below this is chosen. None otherwise."""
+        return self.lead.commit_upto if self.lead is not None else None
+
+    @property
+    def recovered_upto(self) -> int | None:
+        """While leading: the last slot phase 1 re-proposed. Once ``commit_index`` reaches it,
+        everything an earlier leader may have had chosen is committed (what a read index
+        needs, together with a fresh majority confirming the ballot). None otherwise."""
+        return self.lead.recovered_upto if self.lead is not None else None
 
     # ------------------------------------------------------------------ election
     def _next_round(self) -> int:

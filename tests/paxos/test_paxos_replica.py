@@ -99,6 +99,7 @@ def test_leader_delivers_after_majority_and_mark() -> None:
 
 def test_follower_forwards_or_drops() -> None:
     r = make(2)
+    assert r.commit_index is None and r.recovered_upto is None
     assert r.propose(Value("q", b"")) is ProposeOutcome.DROPPED
     r.step(Envelope(replica_addr(1), r.addr, Heartbeat(Ballot(1, 1), 0)))
     assert r.propose(Value("q", b"")) is ProposeOutcome.FORWARDED
@@ -138,7 +139,7 @@ def test_recovered_upto_marks_the_end_of_phase_1_recovery() -> None:
     r.step(Envelope(acceptor_addr(0), r.addr,
                     Promise(r.ballot, 1, (AcceptedEntry(3, old, Value("q", b"")),))))
     r.step(Envelope(acceptor_addr(1), r.addr, Promise(r.ballot, 1, ())))
-    assert r.role is Role.LEADER and r.lead.recovered_upto == 3
+    assert r.role is Role.LEADER and r.recovered_upto == 3 and r.commit_index == 0
     accepts = [e.msg for e in take(r).messages if isinstance(e.msg, Accept)]
     assert [v.request_id for v in accepts[0].values] == ["", "", "q"]  # holes become no-ops
 
