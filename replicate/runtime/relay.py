@@ -51,6 +51,8 @@ anything (messages are only framed), the fastest path.
   DateStyle, IntervalStyle, standard_conforming_strings, client_encoding,
   server_version, ...), kept current;
 - ``transaction_status``: ``I``/``T``/``E`` from the last ReadyForQuery;
+- ``extra``: a dict for the hooks' own per-session state (e.g. "discard until
+  Sync" after an error in an extended-protocol batch);
 - ``backend_pid``, ``backend_secret`` (BackendKeyData), ``encoding`` (the
   Python codec of client_encoding, used to decode and encode text);
 - ``pending``: requests forwarded (Query, Sync, FunctionCall) whose
@@ -196,6 +198,7 @@ class Session:
         self.pending = 0
         self.backend_fatal = False
         self.hooks = hooks
+        self.extra: dict[str, Any] = {}  # per-session state that hooks keep
         self._decoder = decoder
         self._front_scanner = codec.FrameScanner(b"QSFX", parse=_frame_type,
                                                  max_length=codec.MAX_MESSAGE_LENGTH)

@@ -348,35 +348,54 @@ class Intercepting(Hooks):
         return Action.FORWARD
 
 
+class _InProcessRelay:
+    """A relay with hooks served from this test's own event loop (the proxy processes have none)."""
+
+    def __init__(self, backend: tuple[str, int], hooks) -> None:
+        self.backend = backend
+        self.hooks = hooks
+
+    async def __aenter__(self) -> str:
+        async def accept(reader, writer):
+            try:
+                first = await reader.readexactly(8)
+                await relay_client(first, reader, writer, backend=self.backend, hooks=self.hooks)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                pass
+            finally:
+                writer.close()
+
+        self.server = await asyncio.start_server(accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+    async def __aexit__(self, *exc) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
 def test_hooks_see_messages_and_can_answer_themselves(relayed) -> None:
     backend = ("127.0.0.1", relayed.nodes[0].port)
     hooks = Intercepting()
 
     async def run() -> None:
-        async def accept(reader, writer):
-            try:
-                first = await reader.readexactly(8)
-                await relay_client(first, reader, writer, backend=backend, hooks=hooks)
-            finally:
-                writer.close()
-
-        server = await asyncio.start_server(accept, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        dsn = f"host=127.0.0.1 port={port} user=postgres dbname=postgres application_name=hooked"
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            await conn.execute("SET TimeZone = 'Asia/Tokyo'")
-            cur = await conn.execute("SELECT 'intercept'")
-            assert await cur.fetchone() == ("yes Asia/Tokyo",)
-            with pytest.raises(psycopg.errors.FeatureNotSupported):
-                await conn.execute("SELECT 'refuse'")
-            cur = await conn.execute("SELECT %s::int", (41,))
-            assert await cur.fetchone() == (41,)
-            async with conn.transaction():
-                await conn.execute("SELECT 1")
-                session = hooks.sessions[-1]
-                assert session.transaction_status == "T"
-        server.close()
-        await server.wait_closed()
+        async with _InProcessRelay(backend, hooks) as dsn:
+            dsn += " application_name=hooked"
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                await conn.execute("SET TimeZone = 'Asia/Tokyo'")
+                cur = await conn.execute("SELECT 'intercept'")
+                assert await cur.fetchone() == ("yes Asia/Tokyo",)
+                with pytest.raises(psycopg.errors.FeatureNotSupported):
+                    await conn.execute("SELECT 'refuse'")
+                cur = await conn.execute("SELECT %s::int", (41,))
+                assert await cur.fetchone() == (41,)
+                async with conn.transaction():
+                    await conn.execute("SELECT 1")
+                    session = hooks.sessions[-1]
+                    assert session.transaction_status == "T"
+                async with conn.pipeline():
+                    curs = [await conn.execute("SELECT %s::int", (i,)) for i in range(50)]
+                assert [(await c.fetchone())[0] for c in curs] == list(range(50))
 
     asyncio.run(run())
     session = hooks.sessions[-1]
@@ -385,4 +404,79 @@ def test_hooks_see_messages_and_can_answer_themselves(relayed) -> None:
     assert session.parameters["TimeZone"] == "Asia/Tokyo"
     assert session.parameters["standard_conforming_strings"] == "on"
     assert session.backend_pid and session.backend_secret
+    assert session.pending == 0 and session.transaction_status == "I"
     assert {"Query", "Parse", "Bind", "Describe", "Execute", "Sync"} <= set(hooks.seen)
+
+
+class Counting(Hooks):
+    """A hook that decides at once (no awaitable): the fast path."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def on_frontend(self, session, message):
+        name = type(message).__name__
+        self.counts[name] = self.counts.get(name, 0) + 1
+        return Action.FORWARD
+
+
+def test_synchronous_hooks_under_pgbench_and_hostile_messages(relayed, tmp_path) -> None:
+    backend = ("127.0.0.1", relayed.nodes[0].port)
+    hooks = Counting()
+    pgbench = _bin(relayed, "pgbench")
+    script = tmp_path / "select.sql"
+    script.write_text("\\set x random(1, 1000)\nSELECT :x::int AS x;\n")
+    os.chmod(tmp_path, 0o755)
+
+    async def run() -> None:
+        async with _InProcessRelay(backend, hooks) as dsn:
+            port = str(dsn.split("port=")[1].split()[0])
+            for mode in ("simple", "extended"):
+                proc = await asyncio.create_subprocess_exec(
+                    pgbench, "-h", "127.0.0.1", "-p", port, "-U", "postgres", "-n", "-f", str(script),
+                    "-c", "2", "-t", "200", "-M", mode, "postgres",
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                out, err = await proc.communicate()
+                assert proc.returncode == 0, (out, err)
+            # a malformed Query (no NUL) after a good startup: FATAL 08P01, connection closed
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(port))
+            writer.write(codec.encode(m.StartupMessage({"user": "postgres", "database": "postgres"})))
+            decoder = codec.BackendDecoder()
+            while not any(isinstance(x, m.ReadyForQuery) for x in _drain(decoder)):
+                decoder.feed(await asyncio.wait_for(reader.read(65536), 5))
+            writer.write(b"Q" + struct.pack("!i", 12) + b"SELECT 1")
+            reply = await asyncio.wait_for(reader.read(), 5)
+            decoder = codec.BackendDecoder()
+            decoder.feed(reply)
+            errors = [x for x in _drain(decoder) if isinstance(x, m.ErrorResponse)]
+            assert errors and errors[0].sqlstate == "08P01", reply
+            writer.close()
+
+    asyncio.run(run())
+    assert hooks.counts["Query"] >= 400 and hooks.counts["Bind"] >= 400
+    assert hooks.counts["Sync"] >= 400
+
+
+def _drain(decoder) -> list:
+    out = []
+    while (msg := decoder.next_message()) is not None:
+        out.append(msg)
+    return out
+
+
+def test_gssenc_request_is_answered_n(relayed) -> None:
+    sock = _raw_connect(relayed)
+    sock.sendall(codec.encode(m.GSSENCRequest()))
+    assert sock.recv(1) == b"N"
+    sock.sendall(codec.encode(m.SSLRequest()))
+    assert sock.recv(1) == b"N"
+    sock.sendall(codec.encode(m.StartupMessage({"user": "postgres", "database": "postgres"})))
+    decoder = codec.BackendDecoder()
+    seen: list = []
+    while not any(isinstance(x, m.ReadyForQuery) for x in seen):
+        decoder.feed(sock.recv(65536))
+        seen += _drain(decoder)
+    assert seen[0] == m.Authentication(m.AUTH_OK)
+    assert any(isinstance(x, m.BackendKeyData) for x in seen)
+    sock.sendall(codec.encode(m.Terminate()))
+    sock.close()
