@@ -42,8 +42,9 @@ Any ``Nack`` or heartbeat with a higher ballot makes a leader or candidate step 
 Why it is safe
 --------------
 Classic Paxos, per slot. (1) An acceptor never accepts below its promise and never lowers it;
-its state is durable before it replies. (2) A ballot is used by one replica, once: ids are
-unique and rounds are persisted before use, so one ballot never carries two values for a slot.
+its state is durable before it replies. (2) A ballot belongs to one replica, which leads
+under it at most once: ids are unique and rounds are persisted before use, so one ballot never
+carries two values for a slot.
 (3) A leader's phase 1 covers every slot it may propose in, and it re-proposes the
 highest-ballot value it found, so if a value was chosen under a lower ballot, a majority that
 accepted it intersects the promising majority and the same value is proposed again. (4) A slot

@@ -42,8 +42,9 @@ request                                    effect and reply
 
 Why ``>=`` and not ``>``: ballots are unique per proposer, so a request whose ballot equals the
 promise comes from the proposer that holds the promise, in the same attempt. Re-delivery of its
-prepare is then harmless (same promise, a fresh report), and its accepts must pass. Replicas
-never reuse a ballot (they persist their round before using it).
+prepare is then harmless (same promise, a fresh report), and its accepts must pass. A replica
+leads under a ballot at most once (it persists its round before using it, and re-sends a
+prepare under the same ballot only if it never led under it).
 
 Why the chosen mark needs the ballot: a value accepted under a different ballot than the one
 that chose the slot may be a different value; only entries accepted under the committing
