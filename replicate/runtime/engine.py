@@ -124,8 +124,6 @@ class Engine:
         self._applied_changed = asyncio.Condition()
         self.stalled: str | None = None
         self.control_version = 0   # bumped whenever a control entry (e.g. register) applied
-        self._recovery_end: int | None = None
-        self._led_ballot = None
         self._read_waiters: list[tuple[asyncio.Future, float]] = []
         self._peer_requests: dict[int, asyncio.Future] = {}
         self._peer_client: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
@@ -263,19 +261,15 @@ class Engine:
             self.peers[env.dst.id].send(env.msg)
 
     def _observe_leadership(self, rep: Replica) -> None:
-        if rep.role is Role.LEADER and rep.lead is not None:
-            if self._led_ballot != rep.ballot:
-                self._led_ballot = rep.ballot
-                # every slot phase 1 recovered (and every value queued meanwhile) is below this
-                self._recovery_end = rep.lead.next_slot - 1 + len(rep.lead.queue)
-            if self._read_waiters and rep.lead.commit_upto >= (self._recovery_end or 0):
+        """Answer pending read-index requests once this leader committed what it recovered."""
+        if rep.role is Role.LEADER and rep.commit_index is not None:
+            recovered = rep.recovered_upto or 0
+            if self._read_waiters and rep.commit_index >= recovered:
                 waiters, self._read_waiters = self._read_waiters, []
                 for fut, _ in waiters:
                     if not fut.done():
-                        fut.set_result((rep.ballot, rep.lead.commit_upto))
-        else:
-            self._led_ballot = None
-            self._recovery_end = None
+                        fut.set_result((rep.ballot, rep.commit_index))
+        elif self._read_waiters:
             waiters, self._read_waiters = self._read_waiters, []
             for fut, _ in waiters:
                 if not fut.done():
@@ -448,7 +442,6 @@ class Engine:
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
         rep = self.replica
-        lead = rep.lead if rep is not None else None
         return {
             "node": self.name,
             "index": self.index,
@@ -456,7 +449,7 @@ class Engine:
             "leader": (self.config.nodes[rep.leader].name
                        if rep is not None and rep.leader is not None else None),
             "ballot": str(rep.ballot) if rep else None,
-            "commit_upto": lead.commit_upto if lead is not None else None,
+            "commit_upto": rep.commit_index if rep is not None else None,
             "delivered_upto": rep.delivered_upto if rep else None,
             "applied_upto": self.applied_upto,
             "pending_apply": len(self._to_apply),
