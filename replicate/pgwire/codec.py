@@ -32,6 +32,7 @@ nothing else.
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 from collections.abc import Callable
 
@@ -332,6 +333,128 @@ _BACKEND: dict[int, tuple[str, Callable[[_Body], object]]] = {
 }
 
 
+# --------------------------------------------------------------------------- hot path
+#
+# The messages a relay decodes for every query are parsed by straight-line
+# functions that trust struct and bytes.index to fail on bad input, and build
+# the message without re-validating what the wire format already guarantees.
+# When one fails, the careful parser above runs on the same body to raise a
+# precise ProtocolError; tests check that both agree on every input.
+
+def _new(cls: type) -> Callable[..., object]:
+    """A constructor that skips ``__post_init__`` (for values a decoder has already checked).
+
+    Generated like dataclasses generates ``__init__``: one straight-line function per class.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]
+    args = ", ".join(f"v{i}" for i in range(len(names)))
+    lines = [f"def make({args}):", "    obj = new(cls)"]
+    lines += [f"    setattr_(obj, {name!r}, v{i})" for i, name in enumerate(names)]
+    lines.append("    return obj")
+    scope = {"new": object.__new__, "setattr_": object.__setattr__, "cls": cls}
+    exec("\n".join(lines), scope)  # noqa: S102 - code built from dataclass field names only
+    return scope["make"]
+
+
+_unpack_i16 = _I16.unpack_from
+_unpack_i32 = _I32.unpack_from
+_new_query, _new_parse, _new_bind = _new(m.Query), _new(m.Parse), _new(m.Bind)
+_new_execute, _new_describe, _new_close = _new(m.Execute), _new(m.Describe), _new(m.Close)
+_KINDS = {ord("S"): "S", ord("P"): "P"}
+
+
+def _f_query(body: bytes, enc: str) -> m.Query:
+    if body.index(0) != len(body) - 1:
+        raise ValueError("bytes after the query text")
+    return _new_query(body[:-1].decode(enc))
+
+
+def _f_parse(body: bytes, enc: str) -> m.Parse:
+    end = body.index(0)
+    name = body[:end].decode(enc)
+    pos = end + 1
+    end = body.index(0, pos)
+    sql = body[pos:end].decode(enc)
+    pos = end + 1
+    n = _unpack_i16(body, pos)[0]
+    if n < 0 or pos + 2 + 4 * n != len(body):
+        raise ValueError("bad parameter type count")
+    return _new_parse(name, sql, struct.unpack_from(f"!{n}I", body, pos + 2))
+
+
+def _f_bind(body: bytes, enc: str) -> m.Bind:
+    end = body.index(0)
+    portal = body[:end].decode(enc)
+    pos = end + 1
+    end = body.index(0, pos)
+    statement = body[pos:end].decode(enc)
+    pos = end + 1
+    n = _unpack_i16(body, pos)[0]
+    if n < 0:
+        raise ValueError("negative count")
+    pformats = struct.unpack_from(f"!{n}h", body, pos + 2)
+    pos += 2 + 2 * n
+    n = _unpack_i16(body, pos)[0]
+    if n < 0:
+        raise ValueError("negative count")
+    pos += 2
+    size = len(body)
+    params = []
+    for _ in range(n):
+        length = _unpack_i32(body, pos)[0]
+        pos += 4
+        if length == -1:
+            params.append(None)
+        elif length < 0 or pos + length > size:
+            raise ValueError("bad value length")
+        else:
+            params.append(body[pos:pos + length])
+            pos += length
+    n = _unpack_i16(body, pos)[0]
+    if n < 0 or pos + 2 + 2 * n != size:
+        raise ValueError("bad result format count")
+    return _new_bind(portal, statement, pformats, tuple(params),
+                     struct.unpack_from(f"!{n}h", body, pos + 2))
+
+
+def _f_execute(body: bytes, enc: str) -> m.Execute:
+    end = body.index(0)
+    if end + 5 != len(body):
+        raise ValueError("bad length")
+    return _new_execute(body[:end].decode(enc), _unpack_i32(body, end + 1)[0])
+
+
+def _f_kind_name(make: Callable) -> Callable[[bytes, str], object]:
+    def parse(body: bytes, enc: str):
+        kind = _KINDS[body[0]]
+        if body.index(0, 1) != len(body) - 1:
+            raise ValueError("bytes after the name")
+        return make(kind, body[1:-1].decode(enc))
+    return parse
+
+
+_SYNC, _FLUSH = m.Sync(), m.Flush()
+
+
+def _f_sync(body: bytes, enc: str) -> m.Sync:
+    if body:
+        raise ValueError("a body")
+    return _SYNC
+
+
+def _f_flush(body: bytes, enc: str) -> m.Flush:
+    if body:
+        raise ValueError("a body")
+    return _FLUSH
+
+
+_FAST_FRONTEND: dict[int, Callable[[bytes, str], object]] = {
+    ord("Q"): _f_query, ord("P"): _f_parse, ord("B"): _f_bind, ord("E"): _f_execute,
+    ord("D"): _f_kind_name(_new_describe), ord("C"): _f_kind_name(_new_close),
+    ord("S"): _f_sync, ord("H"): _f_flush,
+}
+
+
 def _parse(table: dict, type_: bytes, body: bytes, encoding: str):
     entry = table.get(type_[0])
     if entry is None:
@@ -348,6 +471,20 @@ def _parse(table: dict, type_: bytes, body: bytes, encoding: str):
 
 def parse_frontend(type_: bytes, body: bytes, encoding: str = "utf-8") -> m.FrontendMessage:
     """Parse the body of one typed frontend message (``Unknown`` for a type we do not model)."""
+    fast = _FAST_FRONTEND.get(type_[0])
+    if fast is not None:
+        try:
+            return fast(body, encoding)
+        except (ValueError, IndexError, KeyError, struct.error):
+            pass  # the careful parser says what is wrong
+    msg = _parse(_FRONTEND, type_, body, encoding)
+    if fast is not None:
+        raise ProtocolError(f"invalid {type(msg).__name__} message")  # pragma: no cover
+    return msg
+
+
+def parse_frontend_careful(type_: bytes, body: bytes, encoding: str = "utf-8") -> m.FrontendMessage:
+    """``parse_frontend`` without the hot path (the tests compare the two)."""
     return _parse(_FRONTEND, type_, body, encoding)
 
 

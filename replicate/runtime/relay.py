@@ -38,8 +38,10 @@ sent something else with ``session.write_backend``; the relay drops the
 message) -- directly when it can decide at once (the fast path: no task, no
 await), or as an awaitable (e.g. a coroutine) when it must wait for the
 engine or the node. While an awaitable runs, the client is not read and no
-later message is relayed, so the stream is never reordered; messages before
-the hooked one were already written to the node. ``Hooks`` is the base class
+later message is relayed, so the stream is never reordered. Forwarded
+messages are batched (a whole pipeline goes to the node in one write); the
+batch is written before anything the hook writes to the node, before an
+awaitable hook runs, and by ``wait_idle``. ``Hooks`` is the base class
 (forward everything); ``hooks=None`` forwards everything without decoding
 anything (messages are only framed), the fastest path.
 
@@ -211,6 +213,8 @@ class Session:
         self._capture: tuple[asyncio.Future, list] | None = None
         self._hook_task: asyncio.Task | None = None
         self._hook_hold = False
+        self._out: list[bytes] = []       # forwarded frames not yet written to the node
+        self._out_syncs = 0
         self._closed = asyncio.get_running_loop().create_future()
         self._client_gone = False
         self._terminated = False
@@ -235,6 +239,7 @@ class Session:
                                          codec.encode(data, self.encoding))
 
     def write_backend(self, data: bytes | Any) -> None:
+        self._flush_out()  # messages forwarded before this one go first
         if self._backend.transport is not None:
             self._backend.transport.write(data if isinstance(data, (bytes, bytearray)) else
                                           codec.encode(data, self.encoding))
@@ -245,6 +250,7 @@ class Session:
 
     async def wait_idle(self) -> None:
         """Until every forwarded request got its ReadyForQuery (and no message is half-relayed)."""
+        self._flush_out()
         while True:
             await self._idle.wait()
             if self._scanner.at_boundary:
@@ -355,39 +361,44 @@ class Session:
             self._fatal("XX000", f"internal error in the replicate proxy: {exc!r}")
 
     def _relay_frames(self) -> None:
-        """Forward decoded frames until the buffer is empty or a hook must be awaited."""
+        """Forward decoded frames until the buffer is empty or a hook must be awaited.
+
+        Forwarded frames are collected and written to the node in one piece
+        (a whole pipeline in one send), before anything a hook writes to the
+        node and before a hook is awaited.
+        """
         decoder = self._decoder
         hooks = self.hooks
-        out: list[bytes] = []
-        syncs = 0
+        out = self._out
         try:
             while (frame := decoder.next_typed_frame()) is not None:
                 t, raw = frame
                 code = raw[0]
                 if code in _HOOKED_TYPES:
-                    msg = codec.parse_frontend(t, raw[5:], decoder.encoding)
-                    if out:
-                        self._write_out(out, syncs)
-                        out, syncs = [], 0
-                    action = hooks.on_frontend(self, msg)
-                    if not isinstance(action, Action):
-                        self._await_hook(action, raw)
-                        return
+                    action = hooks.on_frontend(self, codec.parse_frontend(t, raw[5:],
+                                                                          decoder.encoding))
                     if action is Action.HANDLED:
                         continue
+                    if action is not Action.FORWARD:
+                        self._flush_out()
+                        self._await_hook(action, raw)
+                        return
                 if code in _SYNC_POINTS:
-                    syncs += 1
+                    self._out_syncs += 1
                 elif code == _TERMINATE:
                     self._terminated = True
                 out.append(raw)
         finally:
-            if out:
-                self._write_out(out, syncs)
+            self._flush_out()
 
-    def _write_out(self, out: list[bytes], syncs: int) -> None:
-        if syncs:
-            self._sent(syncs)
-        self._backend.transport.write(out[0] if len(out) == 1 else b"".join(out))
+    def _flush_out(self) -> None:
+        out = self._out
+        if out:
+            if self._out_syncs:
+                self._sent(self._out_syncs)
+                self._out_syncs = 0
+            self._backend.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def _await_hook(self, awaitable: Awaitable[Action], raw: bytes) -> None:
         if not self._hook_hold:  # the client is not read while a hook runs
@@ -399,7 +410,9 @@ class Session:
         try:
             action = await awaitable
             if action is not Action.HANDLED:
-                self._write_out([raw], 1 if raw[0] in _SYNC_POINTS else 0)
+                self._out.append(raw)
+                if raw[0] in _SYNC_POINTS:
+                    self._out_syncs += 1
             self._hook_task = None
             self._relay_frames()
             if self._hook_task is None and self._hook_hold:

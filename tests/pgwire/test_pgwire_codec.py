@@ -420,3 +420,35 @@ def test_generated_backend_streams_round_trip(msgs) -> None:
     got = drain(decoder)
     assert got == msgs
     assert b"".join(codec.encode(x) for x in got) == data
+
+
+# --------------------------------------------------------------------------- hot path = careful path
+
+def _outcome(parse, type_: bytes, body: bytes):
+    try:
+        return parse(type_, body)
+    except ProtocolError:
+        return ProtocolError
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(list(b"QPBEDCSH")), st.data())
+def test_hot_path_parsers_agree_with_the_careful_ones(code, data) -> None:
+    type_ = bytes([code])
+    valid = [codec.encode(x)[5:] for x in FRONTEND if codec.encode(x)[:1] == type_]
+    if valid and data.draw(st.booleans()):
+        body = bytearray(data.draw(st.sampled_from(valid)))
+        for _ in range(data.draw(st.integers(0, 3))):
+            if body and data.draw(st.booleans()):
+                body[data.draw(st.integers(0, len(body) - 1))] = data.draw(st.integers(0, 255))
+            else:
+                i = data.draw(st.integers(0, len(body)))
+                body[i:i] = data.draw(st.binary(min_size=1, max_size=4))
+        body = bytes(body)
+    else:
+        body = data.draw(st.binary(max_size=40))
+    fast = _outcome(codec.parse_frontend, type_, body)
+    careful = _outcome(codec.parse_frontend_careful, type_, body)
+    assert fast == careful
+    if fast is not ProtocolError:
+        assert codec.encode(fast)[5:] == body
