@@ -41,9 +41,12 @@ engine or the node. While an awaitable runs, the client is not read and no
 later message is relayed, so the stream is never reordered. Forwarded
 messages are batched (a whole pipeline goes to the node in one write); the
 batch is written before anything the hook writes to the node, before an
-awaitable hook runs, and by ``wait_idle``. ``Hooks`` is the base class
-(forward everything); ``hooks=None`` forwards everything without decoding
-anything (messages are only framed), the fastest path.
+awaitable hook runs, and by ``wait_idle``. An exception that escapes a hook
+ends that session with a FATAL (a ``ReplicateError``'s own SQLSTATE, else
+XX000); a statement-level error is the hook's to send as an ErrorResponse.
+``Hooks`` is the base class (forward everything); ``hooks=None`` forwards
+everything without decoding anything (messages are only framed), the fastest
+path.
 
 ``Session`` exposes:
 
@@ -85,7 +88,7 @@ from typing import Any, Protocol
 
 from psycopg.conninfo import conninfo_to_dict
 
-from replicate.errors import ProtocolError
+from replicate.errors import ProtocolError, ReplicateError
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
 
@@ -357,8 +360,7 @@ class Session:
                      exc.message)
             self._fatal("08P01", exc.message)
         except Exception as exc:  # noqa: BLE001 - a hook failure ends this session only
-            log.exception("relaying a client's messages failed")
-            self._fatal("XX000", f"internal error in the replicate proxy: {exc!r}")
+            self._hook_failed(exc)
 
     def _relay_frames(self) -> None:
         """Forward decoded frames until the buffer is empty or a hook must be awaited.
@@ -423,7 +425,15 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a hook failure ends this session only
-            log.exception("a relay hook failed")
+            self._hook_failed(exc)
+
+    def _hook_failed(self, exc: Exception) -> None:
+        """An exception escaped a hook: the session ends with a FATAL saying why."""
+        if isinstance(exc, ReplicateError):
+            log.warning("closing a client connection: %s", exc)
+            self._fatal(exc.sqlstate, exc.message)
+        else:
+            log.error("closing a client connection: a relay hook failed", exc_info=exc)
             self._fatal("XX000", f"internal error in the replicate proxy: {exc!r}")
 
     # -- node -> client -----------------------------------------------------------------

@@ -21,6 +21,7 @@ import time
 import psycopg
 import pytest
 
+from replicate.errors import NodeUnavailable
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
 from replicate.runtime.relay import Action, Hooks, relay_client
@@ -169,6 +170,42 @@ def test_psycopg_copy_in_and_out(relayed) -> None:
                 copy.write_row((1, "x"))
                 1 / 0
         assert conn.execute("SELECT count(*) FROM t_copy").fetchone() == (20000,)
+
+
+def test_slow_reader_and_big_copy_in_under_backpressure(relayed) -> None:
+    rows, width = 40000, 1000
+    sock = _raw_connect(relayed)
+    sock.settimeout(10)
+    sock.sendall(codec.encode(m.StartupMessage({"user": "postgres", "database": "postgres"})))
+    decoder = codec.BackendDecoder()
+    seen: list = []
+    while not any(isinstance(x, m.ReadyForQuery) for x in seen):
+        decoder.feed(sock.recv(65536))
+        seen += _drain(decoder)
+    sock.sendall(codec.encode(m.Query(f"SELECT repeat('x', {width}) FROM generate_series(1, {rows})")))
+    time.sleep(1.0)  # not reading: the proxy must stop reading the node, not buffer 40 MB
+    with psycopg.connect(proxy_dsn(relayed), autocommit=True) as other:
+        assert other.execute("SELECT 'others are served'").fetchone() == ("others are served",)
+        scanner = codec.FrameScanner(b"DZ")
+        got = 0
+        done = False
+        while not done:
+            for msg, _ in scanner.feed(sock.recv(1 << 20)):
+                if isinstance(msg, m.DataRow):
+                    assert len(msg.values[0]) == width
+                    got += 1
+                else:
+                    done = True
+        assert got == rows
+        sock.sendall(codec.encode(m.Terminate()))
+        sock.close()
+        other.execute("CREATE TABLE t_bigcopy (b text)")
+        line = b"y" * 999 + b"\n"
+        with other.cursor() as cur, cur.copy("COPY t_bigcopy FROM STDIN") as copy:
+            for _ in range(30):
+                copy.write(line * 1000)
+        assert other.execute("SELECT count(*), sum(length(b)) FROM t_bigcopy").fetchone() == \
+            (30000, 30000 * 999)
 
 
 def test_notices_and_listen_notify_between_two_proxied_connections(relayed) -> None:
@@ -340,6 +377,8 @@ class Intercepting(Hooks):
             session.write_client(codec.ready_for_query(session.transaction_status))
             await session.drain()
             return Action.HANDLED
+        if isinstance(message, m.Query) and message.sql == "SELECT 'boom'":
+            raise NodeUnavailable("the engine went away")
         if isinstance(message, m.Query) and message.sql == "SELECT 'refuse'":
             session.write_client(codec.error_response("ERROR", "0A000", "refused by the hook",
                                                       hint="a hint"))
@@ -396,9 +435,14 @@ def test_hooks_see_messages_and_can_answer_themselves(relayed) -> None:
                 async with conn.pipeline():
                     curs = [await conn.execute("SELECT %s::int", (i,)) for i in range(50)]
                 assert [(await c.fetchone())[0] for c in curs] == list(range(50))
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as doomed:
+                with pytest.raises(psycopg.OperationalError) as info:
+                    await doomed.execute("SELECT 'boom'")
+                assert info.value.sqlstate == "08006"
+                assert "the engine went away" in str(info.value)
 
     asyncio.run(run())
-    session = hooks.sessions[-1]
+    session = hooks.sessions[0]  # the first connection's
     assert session.user == "postgres" and session.database == "postgres"
     assert session.application_name == "hooked"
     assert session.parameters["TimeZone"] == "Asia/Tokyo"
