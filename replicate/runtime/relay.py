@@ -135,6 +135,14 @@ def _frame_type(type_: bytes, body: bytes, encoding: str) -> int:
     return type_[0]
 
 
+def _lenient_backend(type_: bytes, body: bytes, encoding: str) -> Any:
+    """Parse a node's message for tracking; one we cannot read is relayed all the same."""
+    try:
+        return codec.parse_backend(type_, body, encoding)
+    except ProtocolError:
+        return m.Unknown(type_, body)
+
+
 class _Side(asyncio.Protocol):
     """One socket of a session; forwards its events to the session."""
 
@@ -207,7 +215,7 @@ class Session:
         self._decoder = decoder
         self._front_scanner = codec.FrameScanner(b"QSFX", parse=_frame_type,
                                                  max_length=codec.MAX_MESSAGE_LENGTH)
-        self._scanner = codec.FrameScanner(_TRACKED)
+        self._scanner = codec.FrameScanner(_TRACKED, parse=_lenient_backend)
         self._client = _Side(self, client=True)
         self._backend = _Side(self, client=False)
         self._holds = {id(self._client): 0, id(self._backend): 0}
