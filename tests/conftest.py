@@ -88,6 +88,14 @@ def cluster(pg_binaries, pg_template) -> Iterator[LocalCluster]:
     factory.destroy_all()
 
 
+@pytest.fixture(scope="module")
+def make_module_cluster(pg_binaries, pg_template) -> Iterator[ClusterFactory]:
+    """Like ``make_cluster``, for a cluster that every test of one module shares."""
+    factory = ClusterFactory(pg_binaries, pg_template)
+    yield factory
+    factory.destroy_all()
+
+
 @pytest.fixture
 def make_cluster(pg_binaries, pg_template) -> Iterator[ClusterFactory]:
     factory = ClusterFactory(pg_binaries, pg_template)

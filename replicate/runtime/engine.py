@@ -129,6 +129,7 @@ class Engine:
         self._peer_client: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         self._peer_client_lock = asyncio.Lock()
         self.started_at = time.monotonic()
+        self.ready = asyncio.Event()  # set once start() loaded the local state
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -151,9 +152,21 @@ class Engine:
             link.start()
         for peer in self.peers.values():
             peer.start()
-        self._tasks = [asyncio.create_task(self._drive(), name="driver"),
-                       asyncio.create_task(self._tick(), name="ticker"),
-                       asyncio.create_task(self._apply_loop(), name="applier")]
+        self.ready.set()
+        self._tasks = [asyncio.create_task(self._supervise(loop), name=loop.__name__)
+                       for loop in (self._drive, self._tick, self._apply_loop)]
+
+    async def _supervise(self, loop) -> None:
+        """Run one of the engine's loops; a bug in it is logged and the loop restarted."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - keep the proxy alive, loudly
+                log.exception("%s: %s failed; restarting it", self.name, loop.__name__)
+                self.stalled = f"internal error in {loop.__name__}; see the proxy log"
+                await asyncio.sleep(0.5)
 
     async def _load_local_state(self) -> tuple[int, int]:
         conn = await psycopg.AsyncConnection.connect(

@@ -8,6 +8,7 @@ import signal
 
 from replicate.config import ClusterConfig
 from replicate.runtime.engine import Engine, EngineSettings
+from replicate.runtime.intercept import CatalogCache, ReplicateHooks
 from replicate.runtime.server import ProxyServer
 
 log = logging.getLogger("replicate.proxy")
@@ -25,6 +26,7 @@ async def serve(config: ClusterConfig, node: str, settings: EngineSettings | Non
     me = config.node(node)
     engine = Engine(config, node, settings)
     server = ProxyServer(engine, me.proxy_host, me.proxy_port)
+    server.hooks = ReplicateHooks(engine, CatalogCache(engine, me.dsn), config.read_consistency)
     await server.start()
     log.info("proxy %s listening on %s", node, me.proxy)
     stop = asyncio.Event()

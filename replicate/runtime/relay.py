@@ -135,12 +135,24 @@ def _frame_type(type_: bytes, body: bytes, encoding: str) -> int:
     return type_[0]
 
 
+# The last reply the node sends for each extended-protocol message (Parse '1', Bind '2',
+# Close '3', Describe 'T'/'n', Execute 'C'/'I'/'s'): counted, not parsed, for ``settle``.
+_TERMINAL = b"123nTCIs"
+_TERMINAL_SET = frozenset(_TERMINAL)
+_OWING = frozenset(b"PBDEC")   # frontend messages that each get one terminal reply
+
+
 def _lenient_backend(type_: bytes, body: bytes, encoding: str) -> Any:
     """Parse a node's message for tracking; one we cannot read is relayed all the same."""
     try:
         return codec.parse_backend(type_, body, encoding)
     except ProtocolError:
         return m.Unknown(type_, body)
+
+
+def _lenient_or_code(type_: bytes, body: bytes, encoding: str) -> Any:
+    code = type_[0]
+    return code if code in _TERMINAL_SET else _lenient_backend(type_, body, encoding)
 
 
 class _Side(asyncio.Protocol):
@@ -215,7 +227,12 @@ class Session:
         self._decoder = decoder
         self._front_scanner = codec.FrameScanner(b"QSFX", parse=_frame_type,
                                                  max_length=codec.MAX_MESSAGE_LENGTH)
-        self._scanner = codec.FrameScanner(_TRACKED, parse=_lenient_backend)
+        self._scanner = (codec.FrameScanner(_TRACKED, parse=_lenient_backend) if hooks is None
+                         else codec.FrameScanner(_TRACKED + _TERMINAL, parse=_lenient_or_code))
+        self._owed = 0                 # terminal replies owed for forwarded P/B/D/E/C
+        self._batch_error = False      # an ErrorResponse came since the last ReadyForQuery
+        self._settled = asyncio.Event()
+        self._settled.set()
         self._client = _Side(self, client=True)
         self._backend = _Side(self, client=False)
         self._holds = {id(self._client): 0, id(self._backend): 0}
@@ -251,6 +268,9 @@ class Session:
 
     def write_backend(self, data: bytes | Any) -> None:
         self._flush_out()  # messages forwarded before this one go first
+        if not isinstance(data, (bytes, bytearray)) and getattr(data, "TYPE", b"")[:1] \
+                and data.TYPE[0] in _OWING:
+            self._owed += 1
         if self._backend.transport is not None:
             self._backend.transport.write(data if isinstance(data, (bytes, bytearray)) else
                                           codec.encode(data, self.encoding))
@@ -267,6 +287,22 @@ class Session:
             if self._scanner.at_boundary:
                 return
             self._idle.clear()  # a message is cut: the chunk that completes it sets idle again
+
+    async def settle(self) -> bool:
+        """Until the node answered every Parse/Bind/Describe/Execute/Close forwarded since
+        the last Sync (a Flush makes it send them now); True if one of them failed.
+
+        Lets a hook answer an Execute itself in its place in an extended-protocol batch:
+        everything before it has reached the client, and after an error PostgreSQL
+        would skip the rest of the batch.
+        """
+        self._flush_out()
+        if self._owed > 0:
+            self.write_backend(codec.encode(m.Flush()))
+            while self._owed > 0:
+                self._settled.clear()
+                await self._settled.wait()
+        return self._batch_error
 
     async def exchange(self, data: bytes | Any) -> list[Any]:
         """Send ``data`` to the node and return its replies up to ReadyForQuery, not relayed."""
@@ -299,7 +335,20 @@ class Session:
 
     def _track(self, msg: Any) -> None:
         t = type(msg)
+        if t is int:  # a terminal reply to an extended-protocol message
+            if self._owed > 0:
+                self._owed -= 1
+                if self._owed == 0:
+                    self._settled.set()
+            return
+        if t is m.ErrorResponse and self._owed > 0:
+            self._batch_error = True   # the node skips the rest of the batch until Sync
+            self._owed = 0
+            self._settled.set()
         if t is m.ReadyForQuery:
+            self._owed = 0
+            self._batch_error = False
+            self._settled.set()
             self.transaction_status = msg.status
             if self.pending > 0:
                 self.pending -= 1
@@ -395,6 +444,8 @@ class Session:
                         return
                 if code in _SYNC_POINTS:
                     self._out_syncs += 1
+                elif code in _OWING:
+                    self._owed += 1
                 elif code == _TERMINATE:
                     self._terminated = True
                 out.append(raw)
@@ -423,6 +474,8 @@ class Session:
                 self._out.append(raw)
                 if raw[0] in _SYNC_POINTS:
                     self._out_syncs += 1
+                elif raw[0] in _OWING:
+                    self._owed += 1
             self._hook_task = None
             self._relay_frames()
             if self._hook_task is None and self._hook_hold:
@@ -466,11 +519,12 @@ class Session:
         assert self._capture is not None
         fut, got = self._capture
         scanner = self._scanner
-        scanner.want = None
+        want, parse = scanner.want, scanner.parse
+        scanner.want, scanner.parse = None, _lenient_backend  # every reply, fully decoded
         try:
             found = scanner.feed(data)
         finally:
-            scanner.want = frozenset(_TRACKED)
+            scanner.want, scanner.parse = want, parse
         for i, (msg, end) in enumerate(found):
             self._track(msg)
             got.append(msg)

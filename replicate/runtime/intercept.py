@@ -1,0 +1,504 @@
+"""Interception: statements on registered tables go through the SQL gate and the engine.
+
+One ``ReplicateHooks`` per client session plugs into the relay's seam
+(``replicate.runtime.relay``). Everything that cannot touch a registered table
+is forwarded on a fast path (one substring scan per statement, no parse, no
+await). For the rest:
+
+- **Session state comes from the node.** Before classifying, the hook asks
+  the client's own backend for its search_path, current role and the
+  settings that change results (``SESSION_SQL``): SET, SET LOCAL, RESET and
+  rollbacks are then exactly PostgreSQL's, at the cost of one local round
+  trip per statement that names a registered table.
+- **Writes** (``Replicate``): a log entry with the rewritten text, the bind
+  parameters as the client sent them, the settings and the role is submitted
+  to the engine; the client gets exactly what PostgreSQL would send
+  (RowDescription/DataRows for RETURNING in the formats it asked for,
+  CommandComplete, or the ErrorResponse with its SQLSTATE) from the outcome
+  on this proxy's own node.
+- **Refusals** carry the gate's SQLSTATE, message and hint.
+- **Reads** of registered tables wait for the session's read consistency
+  (``local``, ``session``: this session's last write applied here,
+  ``linearizable``: a leader-confirmed read index applied here), then go to
+  the node.
+- **Transactions**: a replicated write inside BEGIN ... COMMIT is refused
+  with 0A000 and the node's transaction is put into the failed state, as a
+  PostgreSQL error would. A simple Query string holding a replicated write
+  and any other statement is refused the same way (it would be one implicit
+  transaction spanning several log slots).
+- ``SET replicate.read_consistency = ...`` is validated here and then stored
+  by the node as a custom setting (so SET LOCAL and RESET behave as usual);
+  ``SHOW replicate.read_consistency`` reports it, or the cluster default.
+
+Extended protocol: Parse, Bind and Describe of a replicated statement are
+forwarded too (the node prepares the statement but never executes it, so
+ParameterDescription and RowDescription are the node's own); the Execute is
+answered by the hook after everything before it was answered (``settle``).
+After an error the hook swallows messages until Sync, and at the Sync fails
+the node's implicit or explicit transaction the way PostgreSQL would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import pglast
+
+from replicate.command import RESULT_SETTINGS, Entry, Outcome, Param
+from replicate.config import READ_CONSISTENCIES
+from replicate.errors import ReplicateError
+from replicate.gate import Catalog, Read, Refuse, Relay, Replicate, classify, load_catalog
+from replicate.gate.classify import mentions_registered
+from replicate.pgwire import codec
+from replicate.pgwire import messages as m
+from replicate.runtime.engine import Engine
+from replicate.runtime.relay import Action, Hooks, Session
+
+log = logging.getLogger("replicate.intercept")
+
+SETTING = "replicate.read_consistency"
+# One round trip: what the gate and the log entry need from the client's session.
+SESSION_SQL = (
+    "SELECT current_user, array_to_string(current_schemas(false), ','), "
+    "current_setting('search_path'), current_setting('TimeZone'), current_setting('DateStyle'), "
+    "current_setting('IntervalStyle'), current_setting('extra_float_digits'), "
+    "current_setting('bytea_output'), current_setting('standard_conforming_strings'), "
+    f"current_setting('{SETTING}', true)")
+
+
+class CatalogCache:
+    """The gate's catalog for this proxy: registered tables, reloaded when the log changes them."""
+
+    def __init__(self, engine: Engine, dsn: str) -> None:
+        self.engine = engine
+        self.dsn = dsn
+        self.catalog: Catalog | None = None
+        self._version = -1
+        self._lock = asyncio.Lock()
+
+    def current(self) -> Catalog | None:
+        """The catalog if it is up to date with the applied log, else None (reload first)."""
+        return self.catalog if self._version == self.engine.control_version else None
+
+    async def load(self) -> Catalog:
+        await self.engine.ready.wait()  # the schema is installed and the log position known
+        async with self._lock:
+            version = self.engine.control_version
+            if self.catalog is None or self._version != version:
+                self.catalog = await asyncio.to_thread(self._load)
+                self._version = version
+            return self.catalog
+
+    def _load(self) -> Catalog:
+        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
+                             application_name="replicate catalog") as conn:
+            # A table counts as registered once its guard trigger exists, even before this
+            # node applied the control entry that registers it: so a proxy that lags behind a
+            # registration never relays a write to it (the guard would refuse it anyway) or
+            # skips the read consistency of a read.
+            names = [r[0] for r in conn.execute(
+                "SELECT table_name FROM replicate.registered_tables UNION "
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_trigger t "
+                "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE t.tgname = 'replicate_guard' ORDER BY 1")]
+            return load_catalog(conn, names)
+
+
+@dataclass(slots=True)
+class _Statement:
+    """A prepared statement as the hook classified it."""
+
+    sql: str
+    param_types: tuple[int, ...]
+    decision: Any = None          # a gate decision, or None for "forward untouched"
+    special: str | None = None    # "set" / "show" of replicate.read_consistency
+
+
+@dataclass(slots=True)
+class _SessionState:
+    statements: dict[str, _Statement] = field(default_factory=dict)
+    portals: dict[str, tuple[_Statement, m.Bind]] = field(default_factory=dict)
+    last_write_slot: int = 0
+    failed: bool = False          # an error was sent in this extended batch: skip until Sync
+    in_batch: bool = False        # extended-protocol messages went out since the last Sync
+    mid_batch: bool = False       # ... before the message being handled now
+    facts: dict | None = None     # the session facts last read from the node
+
+
+def _sql_error(sqlstate: str, message: str, hint: str | None = None,
+               detail: str | None = None) -> m.ErrorResponse:
+    return codec.error_response("ERROR", sqlstate, message, detail=detail, hint=hint)
+
+
+def _result_binary(formats: tuple[int, ...]) -> bool | None:
+    """All-text (False), all-binary (True), or mixed (None, not supported)."""
+    if not formats:
+        return False
+    if all(f == formats[0] for f in formats):
+        return bool(formats[0])
+    return None
+
+
+def _consistency_statement(sql: str) -> tuple[str, str | None] | None:
+    """("set", value) / ("reset", None) / ("show", None) for our setting, else None."""
+    if "read_consistency" not in sql.lower():
+        return None
+    try:
+        stmts = pglast.parse_sql(sql)
+    except pglast.parser.ParseError:
+        return None
+    if len(stmts) != 1:
+        return None
+    node = stmts[0].stmt
+    kind = type(node).__name__
+    if kind == "VariableShowStmt" and node.name.lower() == SETTING:
+        return ("show", None)
+    if kind == "VariableSetStmt" and (node.name or "").lower() == SETTING:
+        if node.kind.name == "VAR_SET_VALUE" and node.args and len(node.args) == 1:
+            arg = node.args[0]
+            value = getattr(getattr(arg, "val", None), "sval", None)
+            if value is None:
+                value = getattr(getattr(arg, "val", None), "ival", None)
+            return ("set", str(value) if value is not None else None)
+        return ("reset", None)
+    return None
+
+
+class ReplicateHooks(Hooks):
+    """The hooks of a proxy (see the module docstring); per-session state in ``session.extra``."""
+
+    def __init__(self, engine: Engine, catalogs: CatalogCache, default_consistency: str) -> None:
+        self.engine = engine
+        self.catalogs = catalogs
+        self.default_consistency = default_consistency
+
+    @staticmethod
+    def _state(session: Session) -> _SessionState:
+        state = session.extra.get("replicate")
+        if state is None:
+            state = session.extra["replicate"] = _SessionState()
+        return state
+
+    # ---------------------------------------------------------------- dispatch
+    def on_frontend(self, session: Session, message: Any) -> Any:
+        state = self._state(session)
+        t = type(message)
+        if state.failed and t is not m.Sync:
+            return Action.HANDLED  # PostgreSQL discards everything until Sync after an error
+        if t is m.Sync:
+            if state.failed:
+                return self._sync_after_error(session)
+            state.in_batch = False
+            return Action.FORWARD
+        # whether extended-protocol messages went out before this one since the last Sync
+        state.mid_batch = state.in_batch and t is not m.Query
+        if t is not m.Query:
+            state.in_batch = True
+        if t is m.Query:
+            if self._may_matter(message.sql):
+                return self._query(session, message.sql)
+            return Action.FORWARD
+        if t is m.Parse:
+            if self._may_matter(message.sql):
+                return self._parse(session, message)
+            state.statements.pop(message.name, None)
+            return Action.FORWARD
+        if t is m.Bind:
+            stmt = state.statements.get(message.statement)
+            if stmt is None:
+                state.portals.pop(message.portal, None)
+                return Action.FORWARD
+            state.portals[message.portal] = (stmt, message)
+            if isinstance(stmt.decision, Read):
+                # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
+                return self._bind_read(session)
+            return Action.FORWARD
+        if t is m.Execute:
+            entry = state.portals.get(message.portal)
+            if entry is not None and isinstance(entry[0].decision, Replicate):
+                return self._execute(session, message, *entry)
+            return Action.FORWARD
+        if t is m.Close:
+            (state.statements if message.kind == "S" else state.portals).pop(message.name, None)
+        return Action.FORWARD
+
+    def _may_matter(self, sql: str) -> bool:
+        catalog = self.catalogs.current()
+        if catalog is None:
+            return True  # not loaded, or the log registered something since: look closer
+        return mentions_registered(sql, catalog) or "read_consistency" in sql.lower()
+
+    # ---------------------------------------------------------------- session facts
+    async def _session(self, session: Session) -> dict[str, str | None]:
+        """The session's facts: asked from the node between batches, else the last answer.
+
+        A simple Query sent in the middle of an extended-protocol batch would commit the
+        batch's implicit transaction and replace the unnamed portal, so inside a batch the
+        facts from its start are used, with the settings the node reports by itself
+        (ParameterStatus) kept current.
+        """
+        state = self._state(session)
+        if state.mid_batch:
+            if state.facts is None:
+                raise ReplicateError("cannot read the session's settings inside a pipeline",
+                                     hint="send a Sync before the first write to a "
+                                          "replicated table", sqlstate="0A000")
+            facts = dict(state.facts)
+            for name in ("TimeZone", "DateStyle", "IntervalStyle",
+                         "standard_conforming_strings"):
+                if name in session.parameters:
+                    facts[name] = session.parameters[name]
+            return facts
+        replies = await session.exchange(m.Query(SESSION_SQL))
+        rows = [r for r in replies if type(r) is m.DataRow]
+        if not rows:
+            err = next((r for r in replies if type(r) is m.ErrorResponse), None)
+            raise ReplicateError("cannot read the session's settings from the node",
+                                 detail=err.fields.get("M") if err else None, sqlstate="XX000")
+        enc = session.encoding
+        values = [None if v is None else v.decode(enc) for v in rows[0].values]
+        keys = ("role", "schemas", "search_path", "TimeZone", "DateStyle", "IntervalStyle",
+                "extra_float_digits", "bytea_output", "standard_conforming_strings", SETTING)
+        state.facts = dict(zip(keys, values))
+        return state.facts
+
+    def _consistency(self, facts: dict[str, str | None]) -> str:
+        value = facts.get(SETTING) or self.default_consistency
+        return value if value in READ_CONSISTENCIES else self.default_consistency
+
+    async def _classify(self, session: Session, sql: str) -> tuple[list, dict, Catalog]:
+        catalog = await self.catalogs.load()
+        facts = await self._session(session)
+        schemas = tuple(s for s in (facts["schemas"] or "").split(",") if s)
+        decisions = classify(sql, catalog, search_path=schemas or ("public",),
+                             now=dt.datetime.now(dt.timezone.utc), rng=random.Random())
+        return decisions, facts, catalog
+
+    def _entry(self, text: str, facts: dict, params: tuple[Param, ...] = (),
+               binary_results: bool = False) -> Entry:
+        settings = tuple((name, facts[name]) for name in RESULT_SETTINGS
+                         if facts.get(name) is not None)
+        return Entry(text, params=params, settings=settings, role=facts["role"],
+                     binary_results=binary_results)
+
+    async def _wait_for_reads(self, session: Session, facts: dict) -> None:
+        mode = self._consistency(facts)
+        if mode == "session" and self._state(session).last_write_slot:
+            await self.engine.wait_applied(self._state(session).last_write_slot)
+        elif mode == "linearizable":
+            index = await self.engine.read_index()
+            await self.engine.wait_applied(index)
+
+    async def _submit(self, session: Session, entry: Entry) -> Outcome | ReplicateError:
+        try:
+            outcome = await self.engine.submit(entry)
+        except ReplicateError as exc:
+            return exc
+        state = self._state(session)
+        state.last_write_slot = max(state.last_write_slot, outcome.slot)
+        return outcome
+
+    # ---------------------------------------------------------------- simple protocol
+    async def _query(self, session: Session, sql: str) -> Action:
+        special = _consistency_statement(sql)
+        if special is not None:
+            return await self._consistency_query(session, special)
+        try:
+            decisions, facts, _ = await self._classify(session, sql)
+        except ReplicateError as exc:
+            return await self._refuse_query(session, exc.sqlstate, exc.message, exc.hint)
+        refused = next((d for d in decisions if isinstance(d, Refuse)), None)
+        if refused is not None:
+            err = refused.error
+            return await self._refuse_query(session, err.sqlstate, err.message, err.hint)
+        writes = [d for d in decisions if isinstance(d, Replicate)]
+        if not writes:
+            if any(isinstance(d, Read) for d in decisions):
+                try:
+                    await self._wait_for_reads(session, facts)
+                except ReplicateError as exc:
+                    return await self._refuse_query(session, exc.sqlstate, exc.message, exc.hint)
+            return Action.FORWARD
+        if len([d for d in decisions if sql[d.start:d.end].strip()]) > 1:
+            return await self._refuse_query(
+                session, "0A000", "a write to a replicated table must be sent as a statement "
+                "of its own, not together with other statements in one query string",
+                "send each statement separately")
+        if session.transaction_status == "E":
+            return Action.FORWARD  # the node answers 25P02, as PostgreSQL does
+        if session.transaction_status == "T":
+            return await self._refuse_query(
+                session, "0A000", "writes to replicated tables inside a transaction block "
+                "(BEGIN ... COMMIT) are not supported yet",
+                "run the write in autocommit mode, outside BEGIN ... COMMIT")
+        write = writes[0]
+        if write.copy_in:
+            return await self._refuse_query(session, "0A000", "COPY FROM STDIN into a "
+                                            "replicated table is not supported yet",
+                                            "use INSERT statements")
+        result = await self._submit(session, self._entry(write.text, facts))
+        session.write_client(b"".join(self._outcome_messages(session, result, describe=True))
+                             + codec.encode(codec.ready_for_query("I")))
+        return Action.HANDLED
+
+    async def _refuse_query(self, session: Session, sqlstate: str, message: str,
+                            hint: str | None) -> Action:
+        error = codec.encode(_sql_error(sqlstate, message, hint), session.encoding)
+        await session.wait_idle()
+        if session.transaction_status == "I":
+            session.write_client(error + codec.encode(codec.ready_for_query("I")))
+            return Action.HANDLED
+        # Inside a transaction block: fail the node's transaction too, as PostgreSQL would.
+        replies = await session.exchange(m.Query(_FAIL_TRANSACTION))
+        ready = next((r for r in replies if type(r) is m.ReadyForQuery), codec.ready_for_query("E"))
+        session.write_client(error + codec.encode(ready))
+        return Action.HANDLED
+
+    async def _consistency_query(self, session: Session, special: tuple[str, str | None]) -> Action:
+        kind, value = special
+        if kind == "show":
+            facts = await self._session(session)
+            await session.wait_idle()
+            enc = session.encoding
+            session.write_client(
+                codec.encode(codec.row_description([(SETTING, 25)]), enc)
+                + codec.encode(codec.data_row([self._consistency(facts).encode(enc)]), enc)
+                + codec.encode(codec.command_complete("SHOW"), enc)
+                + codec.encode(codec.ready_for_query(session.transaction_status), enc))
+            return Action.HANDLED
+        if kind == "set" and value not in READ_CONSISTENCIES:
+            return await self._refuse_query(
+                session, "22023", f'invalid value for parameter "{SETTING}": "{value}"',
+                "one of: " + ", ".join(READ_CONSISTENCIES))
+        return Action.FORWARD  # the node keeps it as a custom setting
+
+    # ---------------------------------------------------------------- extended protocol
+    async def _parse(self, session: Session, message: m.Parse) -> Action:
+        special = _consistency_statement(message.sql)
+        stmt = _Statement(message.sql, message.param_types)
+        if special is not None:
+            if special[0] == "set" and special[1] not in READ_CONSISTENCIES:
+                return await self._fail_batch(session, _sql_error(
+                    "22023", f'invalid value for parameter "{SETTING}": "{special[1]}"',
+                    "one of: " + ", ".join(READ_CONSISTENCIES)))
+            if special[0] == "show":
+                # The node answers it: the custom setting, or this cluster's default.
+                session.write_backend(m.Parse(message.name, _show_sql(self.default_consistency),
+                                              message.param_types))
+                self._state(session).statements.pop(message.name, None)
+                return Action.HANDLED
+            self._state(session).statements.pop(message.name, None)
+            return Action.FORWARD
+        try:
+            decisions, facts, _ = await self._classify(session, message.sql)
+        except ReplicateError as exc:
+            return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message, exc.hint))
+        meaningful = [d for d in decisions if message.sql[d.start:d.end].strip()]
+        refused = next((d for d in meaningful if isinstance(d, Refuse)), None)
+        if refused is not None:
+            err = refused.error
+            return await self._fail_batch(session, _sql_error(err.sqlstate, err.message, err.hint))
+        if all(isinstance(d, Relay) for d in meaningful):
+            self._state(session).statements.pop(message.name, None)
+            return Action.FORWARD
+        stmt.decision = meaningful[0] if len(meaningful) == 1 else None
+        if stmt.decision is None:
+            return await self._fail_batch(session, _sql_error(
+                "42601", "cannot insert multiple commands into a prepared statement"))
+        self._state(session).statements[message.name] = stmt
+        return Action.FORWARD
+
+    async def _execute(self, session: Session, message: m.Execute, stmt: _Statement,
+                       bind: m.Bind) -> Action:
+        decision = stmt.decision
+        if not isinstance(decision, Replicate):
+            return Action.FORWARD
+        if await session.settle():
+            return Action.HANDLED  # an earlier message failed: PostgreSQL skips this one
+        if session.transaction_status == "T":
+            return await self._fail_batch(session, _sql_error(
+                "0A000", "writes to replicated tables inside a transaction block "
+                "(BEGIN ... COMMIT) are not supported yet",
+                "run the write in autocommit mode, outside BEGIN ... COMMIT"), settled=True)
+        binary = _result_binary(bind.result_formats)
+        if binary is None:
+            return await self._fail_batch(session, _sql_error(
+                "0A000", "mixed text and binary result formats are not supported for writes "
+                "to replicated tables"), settled=True)
+        params = tuple(
+            Param(value, stmt.param_types[i] if i < len(stmt.param_types) else 0,
+                  bool(bind.param_format(i)))
+            for i, value in enumerate(bind.params))
+        facts = await self._session(session)
+        result = await self._submit(session, self._entry(decision.text, facts, params, binary))
+        if isinstance(result, ReplicateError) or not result.ok:
+            session.write_client(b"".join(self._outcome_messages(session, result,
+                                                                 describe=False)))
+            self._state(session).failed = True
+            return Action.HANDLED
+        session.write_client(b"".join(self._outcome_messages(session, result, describe=False)))
+        return Action.HANDLED
+
+    async def _bind_read(self, session: Session) -> Action:
+        facts = await self._session(session)
+        try:
+            await self._wait_for_reads(session, facts)
+        except ReplicateError as exc:
+            return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message))
+        return Action.FORWARD
+
+    async def _fail_batch(self, session: Session, error: m.ErrorResponse, *,
+                          settled: bool = False) -> Action:
+        """Answer ``error`` in its place in the batch, then skip everything until Sync."""
+        if not settled and await session.settle():
+            return Action.HANDLED
+        session.write_client(codec.encode(error, session.encoding))
+        self._state(session).failed = True
+        return Action.HANDLED
+
+    async def _sync_after_error(self, session: Session) -> Action:
+        """End a failed batch: roll the node's transaction back (or mark it failed) like PG."""
+        self._state(session).failed = False
+        self._state(session).in_batch = False
+        replies = await session.exchange(m.Query(_FAIL_TRANSACTION))
+        ready = next((r for r in replies if type(r) is m.ReadyForQuery), codec.ready_for_query("I"))
+        session.write_client(codec.encode(ready))
+        return Action.HANDLED
+
+    # ---------------------------------------------------------------- replies
+    def _outcome_messages(self, session: Session, result: Outcome | ReplicateError, *,
+                          describe: bool) -> list[bytes]:
+        enc = session.encoding
+        if isinstance(result, ReplicateError):
+            return [codec.encode(_sql_error(result.sqlstate, result.message, result.hint,
+                                            result.detail), enc)]
+        if not result.ok:
+            return [codec.encode(_sql_error(result.sqlstate or "XX000", result.message or "",
+                                            result.hint, result.detail), enc)]
+        out = []
+        if result.columns and describe:
+            out.append(codec.encode(m.RowDescription(tuple(
+                m.FieldDescription(c.name, type_oid=c.type_oid, type_size=c.type_size,
+                                   type_modifier=c.type_modifier, format=int(c.binary))
+                for c in result.columns)), enc))
+        for row in result.rows:
+            out.append(codec.encode(m.DataRow(tuple(row)), enc))
+        out.append(codec.encode(m.CommandComplete(result.command_tag or ""), enc))
+        return out
+
+
+def _show_sql(default: str) -> str:
+    literal = default.replace("'", "''")
+    return (f"SELECT coalesce(nullif(current_setting('{SETTING}', true), ''), '{literal}') "
+            f'AS "{SETTING}"')
+
+
+# Fails the node's current (implicit or explicit) transaction without side effects.
+_FAIL_TRANSACTION = ("DO $replicate$ BEGIN RAISE EXCEPTION 'replicate: statement refused' "
+                     "USING ERRCODE = '0A000'; END $replicate$")

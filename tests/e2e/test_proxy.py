@@ -1,0 +1,207 @@
+"""PostgreSQL clients through the proxy on a registered table: issue 5's acceptance.
+
+Real clients (psql, psycopg in text, binary, pipeline and prepared modes, pgbench in simple,
+extended and prepared modes) write to a registered table through three real proxy processes;
+afterwards every node holds identical rows at the same applied slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import subprocess
+import time
+
+import psycopg
+import pytest
+from psycopg import errors
+
+from replicate.command import register_table
+from replicate.runtime.client import ProxyClient
+
+from .replicated import start_replicated
+
+pytestmark = pytest.mark.e2e
+
+TABLES = """
+CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL,
+                       opened timestamptz NOT NULL DEFAULT now(), tags text[]);
+CREATE TABLE plain (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL,
+                    opened timestamptz NOT NULL DEFAULT now(), tags text[]);
+CREATE TABLE local_notes (id int PRIMARY KEY, note text);
+"""
+
+
+@pytest.fixture(scope="module")
+def proxied(make_module_cluster):
+    """A 3-node cluster with proxies; `accounts` registered, `plain` and `local_notes` not."""
+    cluster = make_module_cluster(3)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute(TABLES)
+    start_replicated(cluster)
+
+    async def register() -> None:
+        async with ProxyClient(*cluster.proxy_address("n1")) as client:
+            assert (await client.submit(register_table("accounts"))).ok
+
+    asyncio.run(register())
+    rows_everywhere(cluster)  # every node applied the registration
+    return cluster
+
+
+def proxy_dsn(cluster, name: str = "n1") -> str:
+    host, port = cluster.proxy_address(name)
+    return f"host={host} port={port} user=postgres dbname=postgres"
+
+
+def rows_everywhere(cluster, table: str = "accounts", timeout: float = 30) -> list:
+    """Wait until all nodes applied the same slot, then return the table (identical everywhere)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        slots, contents = [], []
+        for node in cluster.nodes:
+            with psycopg.connect(node.dsn) as conn:
+                slots.append(conn.execute("SELECT slot FROM replicate.applied").fetchone()[0])
+                contents.append(conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall())
+        if len(set(slots)) == 1:
+            assert contents[0] == contents[1] == contents[2], "nodes differ at the same slot"
+            return contents[0]
+        assert time.monotonic() < deadline, f"nodes did not converge: {slots}"
+        time.sleep(0.1)
+
+
+def test_psql_insert_returning_matches_direct(proxied) -> None:
+    args = ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1"]
+    via_proxy = subprocess.run(
+        [*args, proxy_dsn(proxied), "-c",
+         "INSERT INTO accounts (id, owner, balance, opened) VALUES "
+         "(1, 'ann', 10.5, '2026-01-01 00:00:00+00') RETURNING id, owner, balance, opened"],
+        capture_output=True, text=True, timeout=60)
+    direct = subprocess.run(
+        [*args, proxied.nodes[0].dsn, "-c",
+         "INSERT INTO plain (id, owner, balance, opened) VALUES "
+         "(1, 'ann', 10.5, '2026-01-01 00:00:00+00') RETURNING id, owner, balance, opened"],
+        capture_output=True, text=True, timeout=60)
+    assert via_proxy.returncode == 0, via_proxy.stderr
+    assert via_proxy.stdout == direct.stdout
+    assert rows_everywhere(proxied)[0][:3] == (1, "ann", 10.5)
+
+
+def test_psycopg_text_binary_and_errors(proxied) -> None:
+    with psycopg.connect(proxy_dsn(proxied, "n2"), autocommit=True) as conn:
+        for binary, key in ((False, 10), (True, 11)):
+            cur = conn.cursor(binary=binary)
+            cur.execute("INSERT INTO accounts (id, owner, balance, tags) VALUES (%s, %s, %s, %s) "
+                        "RETURNING id, owner, balance, tags", [key, "bo", 3, ["a", "b"]])
+            assert cur.fetchall() == [(key, "bo", 3, ["a", "b"])]
+            assert cur.statusmessage == "INSERT 0 1" and cur.rowcount == 1
+        cur = conn.execute("UPDATE accounts SET balance = balance + %s WHERE id IN (10, 11)", [1])
+        assert cur.rowcount == 2 and cur.statusmessage == "UPDATE 2"
+        with pytest.raises(errors.UniqueViolation) as dup:
+            conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (10, 'x', 0)")
+        assert "accounts_pkey" in str(dup.value)
+        with pytest.raises(errors.SyntaxError):
+            conn.execute("INSERT INTO accounts VALUES (")
+        # the session is still usable after errors
+        assert conn.execute("SELECT balance FROM accounts WHERE id = 10").fetchone()[0] == 4
+    rows = {r[0]: r for r in rows_everywhere(proxied)}
+    assert rows[10][2] == 4 and rows[11][2] == 4
+
+
+def test_pipeline_and_prepared_statements(proxied) -> None:
+    with psycopg.connect(proxy_dsn(proxied, "n3"), autocommit=True) as conn:
+        with conn.pipeline():
+            for i in range(100, 130):
+                conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, %s)",
+                             [i, f"p{i}", i])
+        conn.prepare_threshold = 0  # server-side prepared statements from the first execution
+        for i in range(200, 220):
+            conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, %s)",
+                         [i, f"q{i}", i], prepare=True)
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert set(range(100, 130)) <= ids and set(range(200, 220)) <= ids
+
+
+def test_transaction_block_write_is_refused_and_rolled_back(proxied) -> None:
+    with psycopg.connect(proxy_dsn(proxied)) as conn:  # psycopg opens a transaction itself
+        conn.execute("INSERT INTO local_notes VALUES (1, 'in the same transaction')")
+        with pytest.raises(errors.FeatureNotSupported) as info:
+            conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (300, 'tx', 1)")
+        assert "transaction block" in str(info.value)
+        with pytest.raises(errors.InFailedSqlTransaction):
+            conn.execute("SELECT 1")
+        conn.rollback()
+        assert conn.execute("SELECT count(*) FROM local_notes").fetchone() == (0,)
+    assert 300 not in {r[0] for r in rows_everywhere(proxied)}
+
+
+def test_read_consistency_setting(proxied) -> None:
+    with psycopg.connect(proxy_dsn(proxied, "n3"), autocommit=True) as conn:
+        assert conn.execute("SHOW replicate.read_consistency").fetchone() == ("linearizable",)
+        conn.execute("SET replicate.read_consistency = session")
+        assert conn.execute("SHOW replicate.read_consistency").fetchone() == ("session",)
+        with pytest.raises(errors.InvalidParameterValue):
+            conn.execute("SET replicate.read_consistency = eventual")
+        conn.execute("RESET replicate.read_consistency")
+        assert conn.execute("SHOW replicate.read_consistency").fetchone() == ("linearizable",)
+
+
+def test_write_on_one_node_read_linearizably_on_another(proxied) -> None:
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as writer, \
+            psycopg.connect(proxy_dsn(proxied, "n3"), autocommit=True) as reader:
+        for i in range(400, 420):
+            writer.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'lin', 0)", [i])
+            assert reader.execute("SELECT count(*) FROM accounts WHERE id = %s",
+                                  [i]).fetchone() == (1,)
+
+
+@pytest.mark.parametrize("sql, sqlstate", [
+    ("INSERT INTO accounts (id, owner, balance) SELECT id, note, 0 FROM local_notes", "0A000"),
+    ("UPDATE accounts SET balance = random()", "0A000"),
+    ("DELETE FROM accounts WHERE id IN (SELECT id FROM accounts LIMIT 1)", "0A000"),
+    ("UPDATE accounts SET owner = pg_backend_pid()::text", "0A000"),
+    ("SELECT * FROM accounts FOR UPDATE", "0A000"),
+    ("ALTER TABLE accounts ADD COLUMN x int", "0A000"),
+])
+def test_refusals_end_to_end(proxied, sql: str, sqlstate: str) -> None:
+    before = rows_everywhere(proxied)
+    with psycopg.connect(proxy_dsn(proxied, "n2"), autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            conn.execute(sql)
+        assert info.value.sqlstate == sqlstate
+        assert info.value.diag.message_hint  # every refusal says how to do it right
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    assert rows_everywhere(proxied) == before
+
+
+def test_now_is_fixed_once_for_every_node(proxied) -> None:
+    with psycopg.connect(proxy_dsn(proxied, "n2"), autocommit=True) as conn:
+        conn.execute("INSERT INTO accounts (id, owner, balance, opened) VALUES (500, 'clock', 0, now())")
+    values = set()
+    for node in proxied.nodes:
+        with psycopg.connect(node.dsn) as conn:
+            rows_everywhere(proxied)
+            values.add(conn.execute("SELECT opened FROM accounts WHERE id = 500").fetchone())
+    assert len(values) == 1
+
+
+@pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed")
+@pytest.mark.parametrize("mode", ["simple", "extended", "prepared"])
+def test_pgbench_upserts(proxied, tmp_path, mode: str) -> None:
+    script = tmp_path / "upsert.sql"
+    script.write_text(
+        "\\set id random(1000, 1100)\n"
+        "INSERT INTO accounts (id, owner, balance) VALUES (:id, 'bench', 1) "
+        "ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 1;\n")
+    def bench_total() -> int:
+        return sum(r[2] for r in rows_everywhere(proxied) if 1000 <= r[0] <= 1100)
+
+    before = bench_total()
+    host, port = proxied.proxy_address("n1")
+    result = subprocess.run(["pgbench", "-n", "-h", host, "-p", str(port), "-U", "postgres",
+                             "-c", "4", "-t", "25", "-M", mode, "-f", str(script), "postgres"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr + result.stdout
+    assert "number of failed transactions: 0" in result.stdout or "failed" not in result.stdout
+    assert bench_total() - before == 100  # 4 clients x 25 upserts, each counted exactly once
