@@ -29,7 +29,15 @@ CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(
 CREATE TABLE plain (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL,
                     opened timestamptz NOT NULL DEFAULT now(), tags text[]);
 CREATE TABLE local_notes (id int PRIMARY KEY, note text);
+CREATE TABLE tokens (id int PRIMARY KEY, token uuid NOT NULL DEFAULT gen_random_uuid());
+CREATE TABLE audited (id int PRIMARY KEY, at timestamptz);
+CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql VOLATILE
+    AS $$ BEGIN NEW.at := clock_timestamp(); RETURN NEW; END $$;
+CREATE TRIGGER stamp BEFORE INSERT ON audited FOR EACH ROW EXECUTE FUNCTION stamp();
+CREATE FUNCTION vol() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
+CREATE SEQUENCE free_seq;
 """
+REGISTERED = ("accounts", "tokens", "audited")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,8 @@ def proxied(make_module_cluster):
 
     async def register() -> None:
         async with ProxyClient(*cluster.proxy_address("n1")) as client:
-            assert (await client.submit(register_table("accounts"))).ok
+            for table in REGISTERED:
+                assert (await client.submit(register_table(table))).ok
 
     asyncio.run(register())
     rows_everywhere(cluster)  # every node applied the registration
@@ -156,23 +165,58 @@ def test_write_on_one_node_read_linearizably_on_another(proxied) -> None:
                                   [i]).fetchone() == (1,)
 
 
-@pytest.mark.parametrize("sql, sqlstate", [
-    ("INSERT INTO accounts (id, owner, balance) SELECT id, note, 0 FROM local_notes", "0A000"),
-    ("UPDATE accounts SET balance = random()", "0A000"),
-    ("DELETE FROM accounts WHERE id IN (SELECT id FROM accounts LIMIT 1)", "0A000"),
-    ("UPDATE accounts SET owner = pg_backend_pid()::text", "0A000"),
-    ("SELECT * FROM accounts FOR UPDATE", "0A000"),
-    ("ALTER TABLE accounts ADD COLUMN x int", "0A000"),
-])
-def test_refusals_end_to_end(proxied, sql: str, sqlstate: str) -> None:
-    before = rows_everywhere(proxied)
+# One statement per refusal class of the gate (replicate.gate.REASONS).
+REFUSALS = {
+    "syntax": "INSERT INTO accounts VALUES (",
+    "unregistered-read":
+        "INSERT INTO accounts (id, owner, balance) SELECT id, note, 0 FROM local_notes",
+    "mixed-write": "WITH x AS (INSERT INTO local_notes VALUES (9, 'n') RETURNING id) "
+                   "INSERT INTO accounts (id, owner, balance) SELECT id, 'm', 0 FROM x",
+    "volatile-per-row": "UPDATE accounts SET balance = random()",
+    "volatile-function": "UPDATE accounts SET balance = vol()",
+    "unknown-function": "UPDATE accounts SET balance = no_such_function()",
+    "node-dependent": "UPDATE accounts SET owner = pg_backend_pid()::text",
+    "session-state":
+        "INSERT INTO accounts (id, owner, balance) VALUES (currval('free_seq'), 'x', 0)",
+    "unregistered-sequence":
+        "INSERT INTO accounts (id, owner, balance) VALUES (nextval('free_seq'), 'x', 0)",
+    "limit-order": "DELETE FROM accounts WHERE id IN (SELECT id FROM accounts LIMIT 1)",
+    "aggregate-order": "UPDATE accounts SET owner = (SELECT string_agg(owner, ',') FROM accounts)",
+    "clock-literal": "UPDATE accounts SET opened = 'now'",
+    "volatile-default": "INSERT INTO tokens (id) SELECT 1",
+    "trigger": "INSERT INTO audited (id) VALUES (1)",
+    "local-lock": "SELECT * FROM accounts FOR UPDATE",
+    "ddl": "ALTER TABLE accounts ADD COLUMN x int",
+    "dynamic-sql": "DO $$ BEGIN INSERT INTO accounts VALUES (1, 'x', 0); END $$",
+    "server-file": "COPY accounts FROM '/etc/hostname'",
+    "unclassified":
+        "EXPLAIN ANALYZE INSERT INTO accounts (id, owner, balance) VALUES (7000, 'e', 0)",
+}
+
+
+def test_every_refusal_class_is_covered() -> None:
+    from replicate.gate import REASONS
+    assert set(REFUSALS) == set(REASONS)
+
+
+@pytest.mark.parametrize("reason", sorted(REFUSALS))
+@pytest.mark.parametrize("protocol", ["simple", "extended"])
+def test_refusals_end_to_end(proxied, reason: str, protocol: str) -> None:
+    from replicate.gate import REASONS
+    sqlstate, hint = REASONS[reason]
+    before = [rows_everywhere(proxied, t) for t in (*REGISTERED, "local_notes")]
     with psycopg.connect(proxy_dsn(proxied, "n2"), autocommit=True) as conn:
         with pytest.raises(psycopg.Error) as info:
-            conn.execute(sql)
+            if protocol == "simple":
+                conn.execute(REFUSALS[reason], prepare=False)  # no parameters: simple Query
+            else:
+                conn.execute(REFUSALS[reason], prepare=True)  # Parse/Bind/Execute
         assert info.value.sqlstate == sqlstate
-        assert info.value.diag.message_hint  # every refusal says how to do it right
-        assert conn.execute("SELECT 1").fetchone() == (1,)
-    assert rows_everywhere(proxied) == before
+        if reason != "unclassified":  # the catch-all class words its hint per statement
+            assert info.value.diag.message_hint == hint  # the hint of exactly this class
+        assert info.value.diag.message_hint
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # the session goes on
+    assert [rows_everywhere(proxied, t) for t in (*REGISTERED, "local_notes")] == before
 
 
 def test_now_is_fixed_once_for_every_node(proxied) -> None:
@@ -205,3 +249,17 @@ def test_pgbench_upserts(proxied, tmp_path, mode: str) -> None:
     assert result.returncode == 0, result.stderr + result.stdout
     assert "number of failed transactions: 0" in result.stdout or "failed" not in result.stdout
     assert bench_total() - before == 100  # 4 clients x 25 upserts, each counted exactly once
+
+
+def test_error_in_a_pipeline_skips_the_rest_until_sync(proxied) -> None:
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES (%s, 'pipe', 0)"
+    with psycopg.connect(proxy_dsn(proxied), autocommit=True) as conn:
+        with pytest.raises(errors.UniqueViolation):
+            with conn.pipeline():
+                conn.execute(insert, [600])
+                conn.execute(insert, [600])
+                conn.execute(insert, [601])
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert 600 in ids      # each replicated write commits in its own slot (README: limits)
+    assert 601 not in ids  # skipped after the error, as PostgreSQL skips until Sync
