@@ -260,6 +260,28 @@ ORDER BY 1
 """
 
 
+_REGISTERED_SQL = """
+SELECT table_name FROM replicate.registered_tables
+UNION
+SELECT format('%I.%I', n.nspname, c.relname) FROM pg_trigger t
+JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.tgname = 'replicate_guard'
+ORDER BY 1"""
+
+
+def registered_names(conn: Any) -> list[str]:
+    """The tables a node treats as registered: those recorded in ``replicate.registered_tables``
+    and those that already carry the guard trigger (``table add`` installs the guard on every
+    node before the log registers the table, so a node that lags behind the registration
+    already counts it). Empty where the replicate schema is not installed."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT to_regclass('replicate.registered_tables') IS NOT NULL")
+        if not cur.fetchone()[0]:
+            return []
+        cur.execute(_REGISTERED_SQL)
+        return [row[0] for row in cur.fetchall()]
+
+
 def load_catalog(conn: Any, registered: Iterable[TableName | str]) -> Catalog:
     """Read a :class:`Catalog` from one node through a psycopg connection.
 

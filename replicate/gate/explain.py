@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from replicate.errors import NodeUnavailable
-from replicate.gate.catalog import Catalog, TableName, load_catalog
+from replicate.gate.catalog import Catalog, TableName, load_catalog, registered_names
 from replicate.gate.classify import DEFAULT_SEARCH_PATH, classify
 from replicate.gate.decisions import Read, Refuse, Relay, Replicate
 
@@ -84,7 +84,8 @@ def _names(tables: Iterable[TableName]) -> tuple[str, ...]:
 
 
 def catalog_from_config(path: Path | str, tables: Iterable[str]) -> Catalog:
-    """Load the catalog from the first node of the cluster config that answers."""
+    """Load the catalog from the first node of the cluster config that answers: its registered
+    tables, plus ``tables`` named on the command line."""
     import psycopg
 
     from replicate.config import load_config
@@ -96,7 +97,7 @@ def catalog_from_config(path: Path | str, tables: Iterable[str]) -> Catalog:
         try:
             with psycopg.connect(node.dsn, autocommit=True,
                                  connect_timeout=max(1, int(config.connect_timeout_s))) as conn:
-                return load_catalog(conn, names)
+                return load_catalog(conn, [*registered_names(conn), *names])
         except psycopg.OperationalError as exc:
             errors.append(f"{node.name}: {str(exc).strip().splitlines()[0]}")
     raise NodeUnavailable("no node of the cluster answered", detail="; ".join(errors))

@@ -54,6 +54,7 @@ from replicate.command import RESULT_SETTINGS, Entry, Outcome, Param
 from replicate.config import READ_CONSISTENCIES
 from replicate.errors import ReplicateError
 from replicate.gate import Catalog, Read, Refuse, Relay, Replicate, classify, load_catalog
+from replicate.gate.catalog import registered_names
 from replicate.gate.classify import mentions_registered
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
@@ -98,15 +99,7 @@ class CatalogCache:
     def _load(self) -> Catalog:
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
                              application_name="replicate catalog") as conn:
-            # A table counts as registered once its guard trigger exists, even before this
-            # node applied the control entry that registers it: so a proxy that lags behind a
-            # registration never relays a write to it (the guard would refuse it anyway) or
-            # skips the read consistency of a read.
-            names = [r[0] for r in conn.execute(
-                "SELECT table_name FROM replicate.registered_tables UNION "
-                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_trigger t "
-                "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n "
-                "ON n.oid = c.relnamespace WHERE t.tgname = 'replicate_guard' ORDER BY 1")]
+            names = registered_names(conn)  # includes tables whose guard is installed
             return load_catalog(conn, names)
 
 

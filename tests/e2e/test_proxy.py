@@ -263,3 +263,17 @@ def test_error_in_a_pipeline_skips_the_rest_until_sync(proxied) -> None:
     ids = {r[0] for r in rows_everywhere(proxied)}
     assert 600 in ids      # each replicated write commits in its own slot (README: limits)
     assert 601 not in ids  # skipped after the error, as PostgreSQL skips until Sync
+
+
+def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:
+    import json
+    import sys
+    from pathlib import Path
+    replicate = str(Path(sys.executable).parent / "replicate")
+    result = subprocess.run([replicate, "explain", "--config", str(proxied.config_path), "--json",
+                             "UPDATE accounts SET balance = 1 WHERE id = 1; "
+                             "UPDATE local_notes SET note = 'x'"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    actions = [s["action"] for s in json.loads(result.stdout)["statements"]]
+    assert actions == ["replicate", "relay"]
