@@ -179,10 +179,7 @@ class Replica:
         if self.learner.lagging():
             self._fetch_elapsed += 1
             if self._fetch_elapsed >= self.config.fetch_ticks:
-                self._fetch_elapsed = 0
-                self._send(acceptor_addr(self._fetch_next),
-                           Fetch(self.learner.known_upto() + 1, self.config.fetch_limit))
-                self._fetch_next = (self._fetch_next + 1) % self.config.n
+                self._fetch_now()
 
     def propose(self, value: Value) -> ProposeOutcome:
         """A client asks to append ``value``; see ``ProposeOutcome``."""
@@ -322,7 +319,16 @@ class Replica:
             self._leader_ballot = msg.ballot
             self.leader = src
             self._reset_election_timer()
+        was_lagging = self.learner.lagging()
         self.learner.hint(msg.commit_upto)
+        if self.learner.lagging() and not was_lagging:
+            self._fetch_now()  # newly behind: fetch at once rather than at the next fetch tick
+
+    def _fetch_now(self) -> None:
+        self._fetch_elapsed = 0
+        self._send(acceptor_addr(self._fetch_next),
+                   Fetch(self.learner.known_upto() + 1, self.config.fetch_limit))
+        self._fetch_next = (self._fetch_next + 1) % self.config.n
 
     def _on_promise(self, src: int, msg: Promise) -> None:
         self._observe(msg.ballot)
@@ -391,9 +397,17 @@ class Replica:
 
     def _learn_marked(self) -> None:
         assert self.lead is not None
-        for b in self.lead.take_marked():
+        marked = self.lead.take_marked()
+        for b in marked:
             for i, v in enumerate(b.values):
                 self.learner.learn(b.first_slot + i, v)
+        if marked:
+            # Tell followers at once (not at the next heartbeat): a follower's client waits
+            # until its own proxy has learned and applied the write.
+            hb = Heartbeat(self.ballot, self.learner.known_upto())
+            for i in range(self.config.n):
+                if i != self.id:
+                    self._send(replica_addr(i), hb)
 
     def _heartbeat(self) -> None:
         lead = self.lead
