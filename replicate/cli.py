@@ -274,6 +274,197 @@ def init(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> 
         raise typer.Exit(1)
 
 
+# -- operator commands: status, table, log --------------------------------------
+
+NodeOption = Annotated[Optional[str], typer.Option(
+    "--node", help="Read from this node (default: the first whose PostgreSQL answers).")]
+
+
+def _status_view(status: Any) -> Any:
+    from rich.console import Group
+    from rich.text import Text
+
+    leader = f"[bold]{status.leader}[/]" if status.leader else "[bold red]none[/]"
+    if status.leader and any(n.name == status.leader and n.state == "down" for n in status.nodes):
+        leader += " [red](its proxy does not answer)[/]"
+    commit = "-" if status.commit_upto is None else str(status.commit_upto)
+    table = Table(title=f"cluster [bold]{status.cluster}[/]: leader {leader}, ballot "
+                        f"{status.ballot or '-'}, commit slot {commit}", title_justify="left")
+    for column in ("node", "proxy", "state", "role", "ballot", "applied", "lag", "acceptors"):
+        table.add_column(column, no_wrap=column in ("node", "state", "role"),
+                         justify="right" if column in ("applied", "lag") else "left")
+    colours = {"ok": "green", "stalled": "yellow", "down": "red"}
+    notes = []
+    for n in status.nodes:
+        links = "-"  # only a leader keeps connections to the acceptors
+        if n.role == "leader" and n.acceptors:
+            links = f"{sum(a.connected for a in n.acceptors)}/{len(n.acceptors)}"
+            cut = [a.node for a in n.acceptors if not a.connected]
+            if cut:
+                links += f" (not {', '.join(cut)})"
+        if n.state == "down":
+            notes.append(f"[red]{n.name} down[/]: proxy: {n.proxy_error}; database "
+                         f"{n.database}" + (f": {n.database_error}" if n.database_error else ""))
+        elif n.stalled:
+            notes.append(f"[yellow]{n.name} stalled[/]: {n.stalled}")
+        table.add_row(n.name, n.proxy, f"[{colours[n.state]}]{n.state}[/]", n.role or "-",
+                      n.ballot or "-", "-" if n.applied_upto is None else str(n.applied_upto),
+                      "-" if n.lag is None else str(n.lag), links)
+    return Group(table, *(Text.from_markup(note) for note in notes))
+
+
+@app.command()
+def status(
+    config: ConfigOption = DEFAULT_CONFIG,
+    watch: Annotated[bool, typer.Option("--watch", "-w",
+                                        help="Refresh every second until Ctrl-C.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The leader, its ballot and commit slot; per node: state, role, applied slot, lag, stall."""
+    from replicate.admin import cluster_status
+
+    if watch and as_json:
+        raise typer.BadParameter("--watch and --json do not go together", param_hint="--watch")
+    cluster_config = run(lambda: load_config(config))
+    report = run(lambda: cluster_status(cluster_config))
+    if watch:
+        try:
+            with Live(_status_view(report), console=out, refresh_per_second=4) as live:
+                while True:
+                    time.sleep(1)
+                    live.update(_status_view(run(lambda: cluster_status(cluster_config))))
+        except KeyboardInterrupt:
+            return
+    if as_json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        out.print(_status_view(report))
+    if report.reachable == 0:
+        err.print("[bold red]error[/] [dim](08006)[/]: no proxy answers", highlight=False)
+        raise typer.Exit(1)
+
+
+table_app = typer.Typer(help="Register, unregister and list replicated tables.",
+                        no_args_is_help=True)
+app.add_typer(table_app, name="table")
+
+
+@table_app.command("add")
+def table_add(
+    name: Annotated[str, typer.Argument(help="The table, as in SQL: name or schema.name.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Check that NAME is identical on every node, guard it, and register it through the log."""
+    from replicate.admin import add_table
+
+    cluster_config = run(lambda: load_config(config))
+    result = run(lambda: add_table(cluster_config, name))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif result.already:
+        out.print(f"table [bold]{result.table}[/] is already registered (since slot "
+                  f"{result.slot})", highlight=False)
+    else:
+        table = Table(title=f"table [bold]{result.table}[/] registered at slot {result.slot} "
+                            f"(through {result.via})", title_justify="left")
+        for column in ("node", "rows", "md5", "guard"):
+            table.add_column(column)
+        for n in result.nodes:
+            table.add_row(n.node, str(n.rows), n.digest,
+                          "installed" if n.guard_created else "already there")
+        out.print(table)
+
+
+@table_app.command("remove")
+def table_remove(
+    name: Annotated[str, typer.Argument(help="The table, as in SQL: name or schema.name.")],
+    config: ConfigOption = DEFAULT_CONFIG,
+    as_json: JsonOption = False,
+) -> None:
+    """Unregister NAME through the log: every node drops its guard at the same slot."""
+    from replicate.admin import remove_table
+
+    cluster_config = run(lambda: load_config(config))
+    result = run(lambda: remove_table(cluster_config, name))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif not result.registered:
+        out.print(f"table [bold]{result.table}[/] is not registered", highlight=False)
+    else:
+        out.print(f"table [bold]{result.table}[/] unregistered at slot {result.slot} "
+                  f"(through {result.via}); direct writes to it are allowed again",
+                  highlight=False)
+
+
+@table_app.command("list")
+def table_list(
+    config: ConfigOption = DEFAULT_CONFIG,
+    node: NodeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The registered tables, the slot each was registered at, and their row counts."""
+    from replicate.admin import list_tables
+
+    cluster_config = run(lambda: load_config(config))
+    result = run(lambda: list_tables(cluster_config, node))
+    if as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    out.print(f"registered tables on [bold]{result.node}[/] (applied up to slot "
+              f"{result.applied_upto})", highlight=False)
+    table = Table()
+    for column in ("table", "since slot", "rows"):
+        table.add_column(column, justify="left" if column == "table" else "right")
+    for t in result.tables:
+        table.add_row(t.table, str(t.since_slot),
+                      str(t.rows) if t.rows is not None else f"[red]{t.error}[/]")
+    out.print(table)
+
+
+@app.command("log")
+def log_command(
+    config: ConfigOption = DEFAULT_CONFIG,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1,
+                                       help="How many recent entries.")] = 20,
+    slot: Annotated[Optional[int], typer.Option("--slot", min=1,
+                                                help="Show this one slot in full.")] = None,
+    node: NodeOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Recent applied log entries: slot, request id, statement and their outcome on a node."""
+    from replicate.admin import read_log
+
+    cluster_config = run(lambda: load_config(config))
+    view = run(lambda: read_log(cluster_config, node=node, limit=limit, slot=slot))
+    if as_json:
+        print(json.dumps(view.to_dict(), indent=2))
+        return
+    if slot is not None:
+        e = view.entries[0]
+        out.print(f"[bold]slot {e.slot}[/] on {view.node}", highlight=False)
+        for label, value in (("request id", e.request_id), ("kind", e.kind),
+                             ("statement", e.statement), ("params", e.params),
+                             ("settings", e.settings), ("role", e.role), ("outcome", e.status),
+                             ("command tag", e.command_tag), ("rows", e.rows_affected),
+                             ("sqlstate", e.sqlstate), ("message", e.message),
+                             ("detail", e.detail), ("hint", e.hint)):
+            if value not in (None, (), {}):
+                out.print(f"  {label + ':':<13}{value}", highlight=False)
+        return
+    table = Table(title=f"log of {view.node} (applied up to slot {view.applied_upto})",
+                  title_justify="left")
+    for column in ("slot", "request id", "kind", "statement", "outcome"):
+        table.add_column(column, overflow="fold")
+    for e in view.entries:
+        if e.status == "error":
+            outcome = f"[red]{e.sqlstate}[/] {e.message}"
+        else:
+            outcome = e.command_tag or e.status or "-"
+        table.add_row(str(e.slot), e.request_id or "-", e.kind, e.statement or "-", outcome)
+    out.print(table)
+
+
 def main() -> None:  # pragma: no cover - entry point for `python -m replicate`
     app()
 
