@@ -36,12 +36,21 @@ class EntryKind(str, enum.Enum):
 
 
 # Control actions every node performs at the same slot.
-CONTROL_ACTIONS = ("register_table", "unregister_table")
+CONTROL_ACTIONS = ("register_table", "unregister_table", "check")
 
 
 def register_table(name: str) -> "Entry":
     """The control entry that registers table ``name`` (schema-qualified, quoted as needed)."""
     return Entry(f"REGISTER TABLE {name}", kind=EntryKind.CONTROL, control=("register_table", name))
+
+
+def check_tables(check_id: str, tables: list[str], buckets: list[int] | None = None) -> "Entry":
+    """The control entry of a consistency check: every node hashes ``tables`` at its slot.
+
+    With ``buckets``, each node also records one hash per row of those key buckets."""
+    spec = json.dumps({"tables": list(tables), "buckets": list(buckets or [])})
+    return Entry(f"CHECK {', '.join(tables)}", kind=EntryKind.CONTROL,
+                 control=("check", check_id, spec))
 
 
 def unregister_table(name: str) -> "Entry":

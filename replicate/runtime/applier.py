@@ -23,6 +23,7 @@ the same batch later and never skips a slot.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -90,6 +91,18 @@ JOIN pg_namespace n ON n.oid = c.relnamespace
 JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
 ON CONFLICT (sequence_name) DO UPDATE
 SET last_value = EXCLUDED.last_value, is_called = EXCLUDED.is_called"""
+
+
+CHECK_BUCKETS = 256        # key-hash buckets per table in a consistency check
+CHECK_ROW_LIMIT = 10000    # rows hashed one by one when narrowing a mismatch down
+_TABLE_KEY_SQL = """
+SELECT n.nspname, c.relname,
+       coalesce((SELECT array_agg(a.attname ORDER BY k.ord)
+                 FROM pg_index i, unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord), pg_attribute a
+                 WHERE i.indrelid = c.oid AND i.indisprimary
+                   AND a.attrelid = c.oid AND a.attnum = k.attnum), '{}')
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = $1::regclass"""
 
 
 def _quote(identifier: str) -> str:
@@ -280,10 +293,15 @@ class Applier:
                        rows_digest(rows) if columns else None)
 
     async def _control(self, cur: AsyncRawCursor, slot: int, rid: str, entry: Entry) -> _Record:
-        """Register or unregister a table: every node switches at this slot."""
+        """Register or unregister a table, or run a check: every node at this slot."""
         action, *args = entry.control
         await cur.execute("SAVEPOINT replicate_entry")
         try:
+            if action == "check":
+                await cur.execute(_PRELUDE, ["none", *CANONICAL_SETTINGS.values()])
+                await self._check(cur, slot, args[0], json.loads(args[1]))
+                await cur.execute("RELEASE SAVEPOINT replicate_entry")
+                return _Record(Outcome(slot, rid, Status.CONTROL, command_tag="CHECK"))
             # regclass resolves the name exactly as PostgreSQL would (quoting, case) or fails
             await cur.execute("SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
                               "ON n.oid = c.relnamespace WHERE c.oid = $1::regclass", [args[0]])
@@ -311,6 +329,27 @@ class Applier:
                                    message=exc.diag.message_primary or str(exc)))
         await cur.execute("RELEASE SAVEPOINT replicate_entry")
         return _Record(Outcome(slot, rid, Status.CONTROL, command_tag=entry.sql))
+
+    async def _check(self, cur: AsyncRawCursor, slot: int, check_id: str, spec: dict) -> None:
+        """Hash each table per bucket of key hashes (and per row in ``spec['buckets']``)."""
+        for name in spec["tables"]:
+            await cur.execute(_TABLE_KEY_SQL, [name])
+            schema, relname, keys = await cur.fetchone()
+            table = f"{_quote(schema)}.{_quote(relname)}"
+            key = (f"row({', '.join('t.' + _quote(k) for k in keys)})::text" if keys
+                   else "t::text")
+            bucket = f"(abs(hashtext({key})) % {CHECK_BUCKETS})"
+            row_hash = "('x' || substr(md5(t::text), 1, 15))::bit(60)::bigint"
+            await cur.execute(
+                f"INSERT INTO replicate.check_results (check_id, slot, table_name, bucket, "
+                f"row_count, hash) SELECT $1, $2, $3, {bucket}, count(*), sum({row_hash})::text "
+                f"FROM {table} t GROUP BY 4", [check_id, slot, table])
+            if spec.get("buckets"):
+                await cur.execute(
+                    f"INSERT INTO replicate.check_rows (check_id, table_name, row_key, row_hash) "
+                    f"SELECT $1, $2, {key}, md5(t::text) FROM {table} t "
+                    f"WHERE {bucket} = ANY($3::int[]) ORDER BY 3 LIMIT {CHECK_ROW_LIMIT}",
+                    [check_id, table, spec["buckets"]])
 
     async def _duplicate(self, cur: AsyncRawCursor, slot: int, rid: str, earlier: int,
                          records: list[_Record]) -> Outcome:

@@ -1,0 +1,39 @@
+"""Comparing check results: buckets that differ, rows that differ, exit codes."""
+
+from replicate.check import CheckReport, TableReport, compare, diff_rows
+
+
+def test_identical_nodes_agree() -> None:
+    same = {'"public"."t"': {1: (2, "h1"), 7: (1, "h7")}}
+    [report] = compare({"n1": same, "n2": same, "n3": same}, ['"public"."t"'])
+    assert report.agree and report.rows == {"n1": 3, "n2": 3, "n3": 3}
+    assert len(set(report.digest.values())) == 1
+
+
+def test_one_bucket_differs() -> None:
+    good = {"t": {1: (2, "h1"), 7: (1, "h7")}}
+    bad = {"t": {1: (2, "h1"), 7: (1, "XX")}}
+    missing = {"t": {1: (2, "h1")}}
+    [report] = compare({"n1": good, "n2": bad, "n3": good}, ["t"])
+    assert report.differing_buckets == [7] and not report.agree
+    [report] = compare({"n1": good, "n2": missing}, ["t"])
+    assert report.differing_buckets == [7] and report.rows == {"n1": 3, "n2": 2}
+
+
+def test_diff_rows_names_keys_and_is_bounded() -> None:
+    rows = {"n1": {"(1)": "a", "(2)": "b", "(3)": "c"},
+            "n2": {"(1)": "a", "(2)": "B", "(4)": "d"}}
+    assert diff_rows(rows) == [
+        {"key": "(2)", "nodes": {"n1": "b", "n2": "B"}},
+        {"key": "(3)", "nodes": {"n1": "c", "n2": None}},
+        {"key": "(4)", "nodes": {"n1": None, "n2": "d"}}]
+    many = {"n1": {f"({i})": "x" for i in range(100)}, "n2": {}}
+    assert len(diff_rows(many, limit=5)) == 5
+
+
+def test_exit_codes() -> None:
+    ok = TableReport("t", {"n1": 1}, {"n1": "h"})
+    bad = TableReport("t", {"n1": 1}, {"n1": "h"}, differing_buckets=[3])
+    assert CheckReport("c", 5, [ok], {}).exit_code == 0
+    assert CheckReport("c", 5, [ok], {"n3": "down"}).exit_code == 2
+    assert CheckReport("c", 5, [bad], {"n3": "down"}).exit_code == 1
