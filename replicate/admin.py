@@ -70,7 +70,8 @@ def _db_error(node: str, exc: psycopg.Error, doing: str) -> ReplicateError:
                           hint=exc.diag.message_hint)
 
 
-def _first_reachable(config: ClusterConfig, node: str | None) -> tuple[NodeConfig, psycopg.Connection]:
+def _first_reachable(config: ClusterConfig,
+                     node: str | None) -> tuple[NodeConfig, psycopg.Connection]:
     """The named node, or the first node (in file order) whose PostgreSQL answers."""
     if node is not None:
         conf = config.node(node)
@@ -203,8 +204,8 @@ def summarize(config: ClusterConfig, reports: Sequence[dict[str, Any] | str],
     if source is not None:
         commit = source.get("commit_upto")
     else:  # the leader does not answer: the furthest any reachable node knows of
-        known = [r.get(k) for r in answering.values() for k in ("commit_upto", "delivered_upto", "applied_upto")
-                 if r.get(k) is not None]
+        known = [r.get(k) for r in answering.values()
+                 for k in ("commit_upto", "delivered_upto", "applied_upto") if r.get(k) is not None]
         commit = max(known) if known else None
     nodes = []
     for conf, report in zip(config.nodes, reports):
@@ -333,7 +334,8 @@ def _named_differences(what: str, node: str, ref_node: str, mine: Sequence[tuple
     return out
 
 
-def schema_differences(ref_node: str, ref: Fingerprint, node: str, mine: Fingerprint) -> list[str]:
+def schema_differences(ref_node: str, ref: Fingerprint, node: str,
+                       mine: Fingerprint) -> list[str]:
     """Every way ``mine`` (on ``node``) differs from ``ref`` (on ``ref_node``), one line each."""
     out = []
     if (mine.schema, mine.name) != (ref.schema, ref.name):
@@ -418,7 +420,7 @@ def _guard_statement(fp: Fingerprint, drop: bool = False) -> sql.Composed:
                    ).format(_table_ident(fp))
 
 
-def fingerprints(config: ClusterConfig, table: str,
+def fingerprints(table: str,
                  conns: dict[str, psycopg.Connection]) -> dict[str, Fingerprint | None]:
     out = {}
     for name, conn in conns.items():
@@ -461,7 +463,7 @@ def add_table(config: ClusterConfig, table: str) -> AddResult:
     try:
         for node in config.nodes:  # every node must answer: a table is registered everywhere
             conns[node.name] = connect(node, config.connect_timeout_s)
-        prints = fingerprints(config, table, conns)
+        prints = fingerprints(table, conns)
         registered = [fp.registered_since for fp in prints.values()
                       if fp is not None and fp.registered_since is not None]
         if registered:
