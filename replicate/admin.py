@@ -100,8 +100,12 @@ async def _via_proxy(config: ClusterConfig,
             return conf.name, await call(client)
         finally:
             await client.close()
-    raise NodeUnavailable("no proxy answers", detail="; ".join(failures),
-                          hint="start the proxies (`replicate up`, or `replicate proxy --node N`)")
+    raise NoProxy("no proxy answers", detail="; ".join(failures),
+                  hint="start the proxies (`replicate up`, or `replicate proxy --node N`)")
+
+
+class NoProxy(NodeUnavailable):
+    """No proxy accepted a connection: nothing was submitted."""
 
 
 def _submit(config: ClusterConfig, entry: Entry) -> tuple[str, Outcome]:
@@ -499,7 +503,17 @@ def add_table(config: ClusterConfig, table: str) -> AddResult:
     finally:
         for conn in conns.values():
             conn.close()
-    via, outcome = _submit(config, register_table(fp.qualified))
+    try:
+        via, outcome = _submit(config, register_table(fp.qualified))
+    except NoProxy:
+        _drop_guards_again(config, fp, created)
+        raise
+    except ReplicateError as exc:
+        exc.hint = (f"the registration may still be applied: see `replicate table list`; "
+                    f"`replicate table remove {fp.qualified}` undoes it and the guards")
+        raise
+    if not outcome.ok:  # failed the same way on every node: nothing is registered
+        _drop_guards_again(config, fp, created)
     _raise_for(outcome, f"registering {fp.qualified}")
     return AddResult(fp.qualified, False, outcome.slot, via,
                      tuple(NodeTable(name, rows, digest, created[name])
@@ -513,6 +527,17 @@ def _drop_guards(conns: dict[str, psycopg.Connection], fp: Fingerprint,
             try:
                 conns[name].execute(_guard_statement(fp, drop=True))
             except psycopg.Error:
+                pass
+
+
+def _drop_guards_again(config: ClusterConfig, fp: Fingerprint, created: dict[str, bool]) -> None:
+    """Nothing was submitted: take back the guards this call installed (best effort)."""
+    for node in config.nodes:
+        if created.get(node.name):
+            try:
+                with connect(node, config.connect_timeout_s) as conn:
+                    conn.execute(_guard_statement(fp, drop=True))
+            except (ReplicateError, psycopg.Error):
                 pass
 
 
@@ -575,7 +600,8 @@ def list_tables(config: ClusterConfig, node: str | None = None) -> TableList:
         try:
             applied = conn.execute("SELECT slot FROM replicate.applied").fetchone()[0]
             rows = conn.execute(
-                "SELECT r.table_name, r.since_slot, n.nspname, c.relname "
+                "SELECT coalesce(quote_ident(n.nspname) || '.' || quote_ident(c.relname), "
+                "r.table_name), r.since_slot, n.nspname, c.relname "
                 "FROM replicate.registered_tables r "
                 "LEFT JOIN pg_class c ON c.oid = to_regclass(r.table_name) "
                 "LEFT JOIN pg_namespace n ON n.oid = c.relnamespace ORDER BY 1").fetchall()

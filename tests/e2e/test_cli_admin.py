@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -47,6 +48,10 @@ def cluster(make_module_cluster):
             conn.execute("INSERT INTO drifted SELECT g, 'v' || g FROM generate_series(1, "
                          + ("4" if node.name == "n2" else "3") + ") g")
             conn.execute("CREATE TABLE keyless (v text)")
+            conn.execute("CREATE TABLE spare (id int PRIMARY KEY)")
+            conn.execute('CREATE SCHEMA app; '
+                         'CREATE TABLE app."Odd Name" ("Key" text PRIMARY KEY)')
+            conn.execute('''INSERT INTO app."Odd Name" VALUES ('b'), ('B'), ('a')''')
             if node.name != "n3":
                 conn.execute("CREATE TABLE partial (id int PRIMARY KEY)")
     start_replicated(cluster, apply_timeout_ms=300)
@@ -173,7 +178,22 @@ def test_table_add_guards_every_node_and_registers_through_the_log(cluster) -> N
 
     listed = as_json(replicate(cluster, "table", "list", "--json"))
     assert [(t["table"], t["since_slot"], t["rows"]) for t in listed["tables"]] == [
-        ('"public"."accounts"', added["slot"], 3)]
+        ("public.accounts", added["slot"], 3)]
+
+
+def test_table_add_quotes_identifiers_from_the_catalog(cluster) -> None:
+    bad = replicate(cluster, "table", "add", "accounts; DROP TABLE accounts")
+    assert bad.returncode == 1 and "42602" in bad.stderr  # invalid name syntax, nothing ran
+    added = as_json(replicate(cluster, "table", "add", 'app."Odd Name"', "--json"))
+    assert added["table"] == 'app."Odd Name"' and added["already"] is False
+    assert {n["digest"] for n in added["nodes"]} == {added["nodes"][0]["digest"]}
+    assert guards(cluster, 'app."Odd Name"') == [True] * 3
+    listed = as_json(replicate(cluster, "table", "list", "--json"))
+    assert [t["table"] for t in listed["tables"]] == ['app."Odd Name"', "public.accounts"]
+    removed = as_json(replicate(cluster, "table", "remove", 'app."Odd Name"', "--json"))
+    assert removed["registered"] is True
+    rows_everywhere(cluster, "SELECT table_name FROM replicate.registered_tables")
+    assert guards(cluster, 'app."Odd Name"') == [False] * 3
 
 
 def test_log_shows_the_registration_and_the_writes_with_their_outcomes(cluster) -> None:
@@ -183,8 +203,10 @@ def test_log_shows_the_registration_and_the_writes_with_their_outcomes(cluster) 
     assert [e["slot"] for e in entries] == sorted((e["slot"] for e in entries), reverse=True)
     assert all(e["slot"] <= view["applied_upto"] for e in entries)
     control = [e for e in entries if e["kind"] == "control"]
-    assert [(c["statement"], c["status"]) for c in control] == [
-        ("REGISTER TABLE public.accounts", "control")]
+    assert [(c["statement"], c["status"]) for c in reversed(control)] == [
+        ("REGISTER TABLE public.accounts", "control"),
+        ('REGISTER TABLE app."Odd Name"', "control"),
+        ('UNREGISTER TABLE app."Odd Name"', "control")]
     writes = [e for e in entries if e["kind"] == "statement" and "accounts" in e["statement"]]
     assert [(w["status"], w["command_tag"], w["sqlstate"]) for w in reversed(writes)] == [
         ("ok", "INSERT 0 1", None), ("error", None, "23505")]
@@ -233,12 +255,26 @@ def test_status_shows_a_stalled_node_with_the_reason(cluster) -> None:
         assert n3["lag"] >= 1
         assert nodes_of(doc)["n1"]["state"] == "ok"
         assert "stalled" in replicate(cluster, "status").stdout
+
+        # n3 cannot apply the registration yet, but its guard is already there
+        added = as_json(replicate(cluster, "table", "add", "uniq", "--json"))
+        assert added["already"] is False
+        with psycopg.connect(blocked.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT slot FROM replicate.applied").fetchone()[0] \
+                < added["slot"]
+            assert conn.execute("SELECT count(*) FROM replicate.registered_tables "
+                                "WHERE to_regclass(table_name) = 'uniq'::regclass"
+                                ).fetchone()[0] == 0
+            with pytest.raises(errors.ObjectNotInPrerequisiteState):
+                conn.execute("INSERT INTO uniq VALUES (1, 'direct')")
     finally:
         holder.rollback()
         holder.close()
     doc = status_until(cluster, lambda d: nodes_of(d)["n3"]["state"] == "ok"
                        and nodes_of(d)["n3"]["lag"] == 0)
     assert nodes_of(doc)["n3"]["stalled"] is None and nodes_of(doc)["n3"]["lag"] == 0
+    assert rows_everywhere(cluster, "SELECT table_name FROM replicate.registered_tables") \
+        == [('"public"."uniq"',)]
 
 
 def test_status_shows_a_killed_proxy_as_down_and_its_database_up(cluster) -> None:
@@ -253,3 +289,21 @@ def test_status_shows_a_killed_proxy_as_down_and_its_database_up(cluster) -> Non
     assert {nodes_of(doc)[n]["state"] for n in ("n1", "n2")} == {"ok"}
     text = replicate(cluster, "status")
     assert text.returncode == 0 and "down" in text.stdout
+
+    watch = subprocess.Popen([REPLICATE, "status", "--watch", "--config",
+                              str(cluster.config_path)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(2.5)
+    watch.send_signal(signal.SIGINT)
+    stdout, stderr = watch.communicate(timeout=10)
+    assert watch.returncode == 0, stderr
+    assert "n3 down" in stdout and "leader" in stdout
+
+    for name in ("n1", "n2"):
+        cluster.proxy(name).kill()
+    nobody = replicate(cluster, "status", "--json")
+    assert nobody.returncode == 1 and "no proxy answers" in nobody.stderr
+    assert {n["state"] for n in json.loads(nobody.stdout)["nodes"]} == {"down"}
+    refused = replicate(cluster, "table", "add", "spare")
+    assert refused.returncode == 1 and "08006" in refused.stderr and "no proxy" in refused.stderr
+    assert guards(cluster, "spare") == [False] * 3  # nothing submitted: its guards are gone
