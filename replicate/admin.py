@@ -12,7 +12,9 @@ Registering a table (``add_table``), in this order:
    pure ``schema_differences``; any difference refuses the table.
 2. The guard trigger is installed on every node directly, so that even a
    proxy lagging behind the registration already refuses direct writes.
-3. A hash of all rows in primary-key order is compared across nodes; with the
+3. A hash of all rows in primary-key order, and the position of every sequence
+   the table owns (serial, identity: replicated inserts draw from them), are
+   compared across nodes; with the
    guards in place no direct write can slip in between the check and the
    registration. On a mismatch the guards this call created are dropped again.
 4. ``register_table`` goes through the log (first reachable proxy): every node
@@ -461,6 +463,53 @@ def check_schemas(table: str, prints: dict[str, Fingerprint | None]) -> Fingerpr
     return ref
 
 
+# The sequences the table owns (serial, identity), with the state the applier restores.
+_SEQUENCES = """
+SELECT quote_ident(s.schemaname) || '.' || quote_ident(s.sequencename),
+       coalesce(s.last_value, s.start_value), s.last_value IS NOT NULL
+FROM pg_depend d
+JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
+WHERE d.refobjid = %s::regclass AND d.refclassid = 'pg_class'::regclass
+  AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
+ORDER BY 1
+"""
+
+
+SequenceState = tuple[str, int, bool]   # (sequence, last value, is_called)
+
+
+def content_difference(table: str,
+                       contents: dict[str, tuple[int, str, Sequence[SequenceState]]]) -> str | None:
+    """Why the nodes' rows or owned sequences differ, or None (pure).
+
+    ``contents`` maps a node to (row count, md5 of its rows, [(sequence, last value, called)]).
+    """
+    if len({digest for _, digest, _ in contents.values()}) > 1:
+        return (f"table {table} holds different rows on different nodes: " + ", ".join(
+            f"{name} has {rows} rows (md5 {digest[:12]})"
+            for name, (rows, digest, _) in contents.items()))
+    (ref_node, (_, _, ref)), *others = contents.items()
+    for name, (_, _, sequences) in others:
+        if tuple(sequences) == tuple(ref):
+            continue
+        mine = {seq: (value, called) for seq, value, called in sequences}
+        theirs = {seq: (value, called) for seq, value, called in ref}
+        for seq in sorted(set(mine) | set(theirs)):
+            if mine.get(seq) != theirs.get(seq):
+                return (f"sequence {seq} of table {table} is {_seq_state(mine.get(seq))} on "
+                        f"{name}, {_seq_state(theirs.get(seq))} on {ref_node}")
+    return None
+
+
+def _seq_state(state: tuple[int, bool] | None) -> str:
+    if state is None:
+        return "missing"
+    value, called = state
+    return f"at {value}" if called else f"unused (starts at {value})"
+
+
 def add_table(config: ClusterConfig, table: str) -> AddResult:
     """Check, guard and register ``table`` on every node (see the module docstring)."""
     conns: dict[str, psycopg.Connection] = {}
@@ -485,21 +534,21 @@ def add_table(config: ClusterConfig, table: str) -> AddResult:
                 except psycopg.Error as exc:
                     _drop_guards(conns, fp, created)
                     raise _db_error(name, exc, "cannot install the guard trigger") from None
-        try:
-            contents = {name: conn.execute(_content_query(fp)).fetchone()
-                        for name, conn in conns.items()}
-        except psycopg.Error as exc:
+        contents: dict[str, tuple[int, str, Sequence[SequenceState]]] = {}
+        for name, conn in conns.items():
+            try:
+                rows, digest = conn.execute(_content_query(fp)).fetchone()
+                sequences = tuple(map(tuple, conn.execute(_SEQUENCES, [fp.qualified])))
+            except psycopg.Error as exc:
+                _drop_guards(conns, fp, created)
+                raise _db_error(name, exc, "cannot hash the table's rows") from None
+            contents[name] = (rows, digest, sequences)
+        problem = content_difference(fp.qualified, contents)
+        if problem:
             _drop_guards(conns, fp, created)
-            raise _db_error("", exc, "cannot hash the table's rows") from None
-        if len({digest for _, digest in contents.values()}) > 1:
-            _drop_guards(conns, fp, created)
-            raise ReplicateError(
-                f"table {fp.qualified} holds different rows on different nodes: " + ", ".join(
-                    f"{name} has {rows} rows (md5 {digest[:12]})"
-                    for name, (rows, digest) in contents.items()),
-                sqlstate="0A000",
-                hint="make the contents identical on every node, then run `replicate table add` "
-                     "again")
+            raise ReplicateError(problem, sqlstate="0A000",
+                                 hint="make the contents (and sequence positions) identical on "
+                                      "every node, then run `replicate table add` again")
     finally:
         for conn in conns.values():
             conn.close()
@@ -517,7 +566,7 @@ def add_table(config: ClusterConfig, table: str) -> AddResult:
     _raise_for(outcome, f"registering {fp.qualified}")
     return AddResult(fp.qualified, False, outcome.slot, via,
                      tuple(NodeTable(name, rows, digest, created[name])
-                           for name, (rows, digest) in contents.items()))
+                           for name, (rows, digest, _) in contents.items()))
 
 
 def _drop_guards(conns: dict[str, psycopg.Connection], fp: Fingerprint,

@@ -49,6 +49,9 @@ def cluster(make_module_cluster):
                          + ("4" if node.name == "n2" else "3") + ") g")
             conn.execute("CREATE TABLE keyless (v text)")
             conn.execute("CREATE TABLE spare (id int PRIMARY KEY)")
+            conn.execute("CREATE TABLE counters (id serial PRIMARY KEY, v text)")
+            if node.name == "n2":  # same rows, but its sequence moved on
+                conn.execute("SELECT nextval('counters_id_seq')")
             conn.execute('CREATE SCHEMA app; '
                          'CREATE TABLE app."Odd Name" ("Key" text PRIMARY KEY)')
             conn.execute('''INSERT INTO app."Odd Name" VALUES ('b'), ('B'), ('a')''')
@@ -150,6 +153,15 @@ def test_table_add_refuses_contents_that_differ(cluster) -> None:
     message = " ".join(result.stderr.split())
     assert "n2 has 4 rows" in message and "n1 has 3 rows" in message, result.stderr
     assert guards(cluster, "drifted") == [False] * 3  # the guards it installed are gone again
+
+
+def test_table_add_refuses_owned_sequences_that_differ(cluster) -> None:
+    result = replicate(cluster, "table", "add", "counters")
+    assert result.returncode == 1 and "0A000" in result.stderr
+    message = " ".join(result.stderr.split())
+    assert "sequence public.counters_id_seq of table public.counters is at 1 on n2, unused " \
+           "(starts at 1) on n1" in message, result.stderr
+    assert guards(cluster, "counters") == [False] * 3
 
 
 def test_table_add_guards_every_node_and_registers_through_the_log(cluster) -> None:

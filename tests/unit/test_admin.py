@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from replicate.admin import (ColumnDef, Fingerprint, check_schemas, decode_entry, param_text,
-                             schema_differences, summarize)
+from replicate.admin import (ColumnDef, Fingerprint, check_schemas, content_difference,
+                             decode_entry, param_text, schema_differences, summarize)
 from replicate.command import Entry, Param, register_table
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
@@ -167,3 +167,22 @@ def test_decode_entry() -> None:
     assert decode_entry(None, "ok", False) == ("unknown", None, {})
     kind, text, _ = decode_entry(b"{", "ok", False)
     assert kind == "unknown" and "malformed" in text
+
+
+def test_content_difference_names_row_counts_and_sequences() -> None:
+    seq = [("public.t_id_seq", 5, True)]
+    same = {"n1": (3, "aa", seq), "n2": (3, "aa", list(seq)), "n3": (3, "aa", seq)}
+    assert content_difference("public.t", same) is None
+    rows = {**same, "n2": (4, "bb", seq)}
+    assert content_difference("public.t", rows) == (
+        "table public.t holds different rows on different nodes: n1 has 3 rows (md5 aa), "
+        "n2 has 4 rows (md5 bb), n3 has 3 rows (md5 aa)")
+    moved = {**same, "n3": (3, "aa", [("public.t_id_seq", 7, True)])}
+    assert content_difference("public.t", moved) == (
+        "sequence public.t_id_seq of table public.t is at 7 on n3, at 5 on n1")
+    fresh = {**same, "n2": (3, "aa", [("public.t_id_seq", 1, False)])}
+    assert content_difference("public.t", fresh) == (
+        "sequence public.t_id_seq of table public.t is unused (starts at 1) on n2, at 5 on n1")
+    gone = {**same, "n2": (3, "aa", [])}
+    assert content_difference("public.t", gone) == (
+        "sequence public.t_id_seq of table public.t is missing on n2, at 5 on n1")
