@@ -14,9 +14,11 @@ Registering a table (``add_table``), in this order:
    proxy lagging behind the registration already refuses direct writes.
 3. A hash of all rows in primary-key order, and the position of every sequence
    the table owns (serial, identity: replicated inserts draw from them), are
-   compared across nodes; with the
-   guards in place no direct write can slip in between the check and the
-   registration. On a mismatch the guards this call created are dropped again.
+   compared across nodes; with the guards in place no direct write can slip
+   in between the check and the registration. On a mismatch the guards this
+   call created are dropped again. With ``copy_from``, the rows and sequence
+   positions of that node are first copied to the others (each target in one
+   transaction, past its guard), and then compared all the same.
 4. ``register_table`` goes through the log (first reachable proxy): every node
    switches at the same slot.
 
@@ -401,6 +403,7 @@ class AddResult:
     slot: int | None                 # the slot that registers it (or registered it)
     via: str | None = None           # the proxy the registration went through
     nodes: tuple[NodeTable, ...] = ()
+    copied_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -510,8 +513,44 @@ def _seq_state(state: tuple[int, bool] | None) -> str:
     return f"at {value}" if called else f"unused (starts at {value})"
 
 
-def add_table(config: ClusterConfig, table: str) -> AddResult:
+Progress = Callable[[str, int, int], None]   # (target node, rows copied, rows in all)
+
+
+def _copy_rows(fp: Fingerprint, source: str, conns: dict[str, psycopg.Connection],
+               progress: Progress | None) -> None:
+    """Replace the rows and owned sequence positions of every other node with ``source``'s."""
+    table = _table_ident(fp)
+    src = conns[source]
+    total = src.execute(sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone()[0]
+    sequences = src.execute(_SEQUENCES, [fp.qualified]).fetchall()
+    for name, conn in conns.items():
+        if name == source:
+            continue
+        try:
+            with conn.transaction():
+                conn.execute("SET LOCAL replicate.applying = on")  # past the guard, this once
+                conn.execute(sql.SQL("DELETE FROM {}").format(table))
+                done = 0
+                if progress:
+                    progress(name, 0, total)
+                with src.cursor().copy(sql.SQL("COPY {} TO STDOUT").format(table)) as out, \
+                        conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(table)) as into:
+                    for block in out:
+                        into.write(block)
+                        done += bytes(block).count(b"\n")
+                        if progress:
+                            progress(name, done, total)
+                for sequence, value, called in sequences:
+                    conn.execute("SELECT setval(%s::regclass, %s, %s)", [sequence, value, called])
+        except psycopg.Error as exc:
+            raise _db_error(name, exc, f"cannot copy the rows from {source}") from None
+
+
+def add_table(config: ClusterConfig, table: str, *, copy_from: str | None = None,
+              progress: Progress | None = None) -> AddResult:
     """Check, guard and register ``table`` on every node (see the module docstring)."""
+    if copy_from is not None:
+        config.node(copy_from)  # a ConfigError naming the known nodes
     conns: dict[str, psycopg.Connection] = {}
     try:
         for node in config.nodes:  # every node must answer: a table is registered everywhere
@@ -534,6 +573,12 @@ def add_table(config: ClusterConfig, table: str) -> AddResult:
                 except psycopg.Error as exc:
                     _drop_guards(conns, fp, created)
                     raise _db_error(name, exc, "cannot install the guard trigger") from None
+        if copy_from is not None:
+            try:
+                _copy_rows(fp, copy_from, conns, progress)
+            except ReplicateError:
+                _drop_guards(conns, fp, created)
+                raise
         contents: dict[str, tuple[int, str, Sequence[SequenceState]]] = {}
         for name, conn in conns.items():
             try:
@@ -566,7 +611,7 @@ def add_table(config: ClusterConfig, table: str) -> AddResult:
     _raise_for(outcome, f"registering {fp.qualified}")
     return AddResult(fp.qualified, False, outcome.slot, via,
                      tuple(NodeTable(name, rows, digest, created[name])
-                           for name, (rows, digest, _) in contents.items()))
+                           for name, (rows, digest, _) in contents.items()), copy_from)
 
 
 def _drop_guards(conns: dict[str, psycopg.Connection], fp: Fingerprint,

@@ -353,18 +353,36 @@ app.add_typer(table_app, name="table")
 def table_add(
     name: Annotated[str, typer.Argument(help="The table, as in SQL: name or schema.name.")],
     config: ConfigOption = DEFAULT_CONFIG,
+    copy_from: Annotated[Optional[str], typer.Option(
+        "--copy-from", metavar="NODE",
+        help="First replace the rows of the other nodes with this node's.")] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Check that NAME is identical on every node, guard it, and register it through the log."""
+    from rich.progress import Progress
+
     from replicate.admin import add_table
 
     cluster_config = run(lambda: load_config(config))
-    result = run(lambda: add_table(cluster_config, name))
+    if copy_from is None or as_json:
+        result = run(lambda: add_table(cluster_config, name, copy_from=copy_from))
+    else:
+        with Progress(console=err, transient=False) as bar:
+            tasks: dict[str, Any] = {}
+
+            def progress(node: str, done: int, total: int) -> None:
+                if node not in tasks:
+                    tasks[node] = bar.add_task(f"copy {copy_from} -> {node}", total=total)
+                bar.update(tasks[node], completed=done)
+
+            result = run(lambda: add_table(cluster_config, name, copy_from=copy_from,
+                                           progress=progress))
     if as_json:
         print(json.dumps(result.to_dict(), indent=2))
     elif result.already:
         out.print(f"table [bold]{result.table}[/] is already registered (since slot "
-                  f"{result.slot})", highlight=False)
+                  f"{result.slot})" + ("; nothing copied" if copy_from else ""),
+                  highlight=False)
     else:
         table = Table(title=f"table [bold]{result.table}[/] registered at slot {result.slot} "
                             f"(through {result.via})", title_justify="left")

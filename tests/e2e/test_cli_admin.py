@@ -248,6 +248,27 @@ def test_table_remove_lets_direct_writes_through_again(cluster) -> None:
     assert log["entries"][0]["statement"] == "UNREGISTER TABLE public.accounts"
 
 
+def test_table_add_copy_from_makes_the_other_nodes_match_one(cluster) -> None:
+    unknown = replicate(cluster, "table", "add", "drifted", "--copy-from", "n9")
+    assert unknown.returncode == 1 and "F0000" in unknown.stderr and "n9" in unknown.stderr
+    added = as_json(replicate(cluster, "table", "add", "drifted", "--copy-from", "n2", "--json"))
+    assert added["copied_from"] == "n2"
+    assert [(n["node"], n["rows"]) for n in added["nodes"]] == [("n1", 4), ("n2", 4), ("n3", 4)]
+    assert rows_everywhere(cluster, "SELECT id, v FROM drifted ORDER BY id") == [
+        (i, f"v{i}") for i in range(1, 5)]
+    text = replicate(cluster, "table", "add", "counters", "--copy-from", "n2")
+    assert text.returncode == 0, text.stderr
+    assert "copy n2 -> n1" in text.stderr and "registered at slot" in text.stdout
+    rows_everywhere(cluster, "SELECT last_value, is_called FROM counters_id_seq")
+    assert guards(cluster, "counters") == [True] * 3
+    with psycopg.connect(proxy_dsn(cluster, "n1"), autocommit=True) as conn:
+        conn.execute("INSERT INTO counters (v) VALUES ('through the log')")
+    assert rows_everywhere(cluster, "SELECT id, v FROM counters") == [(2, "through the log")]
+    for table in ("drifted", "counters"):
+        assert as_json(replicate(cluster, "table", "remove", table, "--json"))["registered"]
+    rows_everywhere(cluster, "SELECT table_name FROM replicate.registered_tables")
+
+
 def test_status_shows_a_stalled_node_with_the_reason(cluster) -> None:
     blocked = cluster.nodes[2]
     holder = psycopg.connect(blocked.dsn)
