@@ -404,6 +404,7 @@ class AddResult:
     via: str | None = None           # the proxy the registration went through
     nodes: tuple[NodeTable, ...] = ()
     copied_from: str | None = None
+    warnings: tuple[str, ...] = ()   # what may still break determinism (see ``lint``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -478,6 +479,50 @@ WHERE d.refobjid = %s::regclass AND d.refclassid = 'pg_class'::regclass
   AND d.classid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')
 ORDER BY 1
 """
+
+
+# What may break determinism once the table is registered: (kind, object, other object).
+_LINT = """
+SELECT 'references', conname, confrelid::regclass::text FROM pg_constraint
+ WHERE conrelid = %s::regclass AND contype = 'f' AND confrelid <> conrelid
+   AND NOT EXISTS (SELECT 1 FROM replicate.registered_tables r
+                    WHERE to_regclass(r.table_name) = confrelid)
+UNION ALL
+SELECT 'referenced-by', conname, conrelid::regclass::text FROM pg_constraint
+ WHERE confrelid = %s::regclass AND contype = 'f' AND confrelid <> conrelid
+   AND NOT EXISTS (SELECT 1 FROM replicate.registered_tables r
+                    WHERE to_regclass(r.table_name) = conrelid)
+UNION ALL
+SELECT 'volatile-trigger', t.tgname, t.tgfoid::regprocedure::text
+  FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+ WHERE t.tgrelid = %s::regclass AND NOT t.tgisinternal AND t.tgname <> 'replicate_guard'
+   AND p.provolatile = 'v'
+ORDER BY 1, 2
+"""
+
+
+def lint(table: str, findings: Sequence[tuple[str, str, str]]) -> tuple[list[str], list[str]]:
+    """(refusals, warnings) from the ``_LINT`` rows of a table (pure).
+
+    A foreign key to an unregistered table is refused: its check would read a table that can
+    differ between nodes, so one node could accept a write another rejects. A foreign key from
+    an unregistered table, or a volatile trigger, is a warning: the former until that table is
+    registered too, the latter because the gate refuses the writes that fire it.
+    """
+    refusals, warnings = [], []
+    for kind, name, other in findings:
+        if kind == "references":
+            refusals.append(f"foreign key {name} of {table} references {other}, which is not "
+                            f"registered: its check could pass on one node and fail on another")
+        elif kind == "referenced-by":
+            warnings.append(f"foreign key {name} of the unregistered table {other} references "
+                            f"{table}: deleting or updating keys of {table} can fail or cascade "
+                            f"differently on each node until {other} is registered too")
+        elif kind == "volatile-trigger":
+            warnings.append(f"trigger {name} calls the volatile function {other}: the proxy "
+                            f"refuses writes that fire it (declare it STABLE if it only "
+                            f"computes from NEW/OLD)")
+    return refusals, warnings
 
 
 SequenceState = tuple[str, int, bool]   # (sequence, last value, is_called)
@@ -562,6 +607,16 @@ def add_table(config: ClusterConfig, table: str, *, copy_from: str | None = None
             fp = next(fp for fp in prints.values() if fp is not None)
             return AddResult(fp.qualified, True, min(registered))
         fp = check_schemas(table, prints)
+        try:
+            findings = conns[config.nodes[0].name].execute(_LINT, [fp.qualified] * 3).fetchall()
+        except psycopg.Error as exc:
+            raise _db_error(config.nodes[0].name, exc, "cannot read the catalog") from None
+        refusals, warnings = lint(fp.qualified, findings)
+        if refusals:
+            raise ReplicateError(refusals[0], detail="\n".join(refusals[1:]) or None,
+                                 sqlstate="0A000",
+                                 hint="register the referenced table first: `replicate table "
+                                      "add` it, then this one")
         created = {}
         for name, conn in conns.items():
             created[name] = not prints[name].guarded  # type: ignore[union-attr]
@@ -611,7 +666,8 @@ def add_table(config: ClusterConfig, table: str, *, copy_from: str | None = None
     _raise_for(outcome, f"registering {fp.qualified}")
     return AddResult(fp.qualified, False, outcome.slot, via,
                      tuple(NodeTable(name, rows, digest, created[name])
-                           for name, (rows, digest, _) in contents.items()), copy_from)
+                           for name, (rows, digest, _) in contents.items()), copy_from,
+                     warnings)
 
 
 def _drop_guards(conns: dict[str, psycopg.Connection], fp: Fingerprint,

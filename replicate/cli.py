@@ -392,6 +392,9 @@ def table_add(
             table.add_row(n.node, str(n.rows), n.digest,
                           "installed" if n.guard_created else "already there")
         out.print(table)
+    if not as_json:
+        for warning in result.warnings:
+            err.print(f"[bold yellow]warning[/]: {warning}", highlight=False)
 
 
 @table_app.command("remove")

@@ -50,6 +50,8 @@ def cluster(make_module_cluster):
             conn.execute("CREATE TABLE keyless (v text)")
             conn.execute("CREATE TABLE spare (id int PRIMARY KEY)")
             conn.execute("CREATE TABLE counters (id serial PRIMARY KEY, v text)")
+            conn.execute("CREATE TABLE parent (id int PRIMARY KEY); CREATE TABLE child "
+                         "(id int PRIMARY KEY, parent_id int REFERENCES parent)")
             if node.name == "n2":  # same rows, but its sequence moved on
                 conn.execute("SELECT nextval('counters_id_seq')")
             conn.execute('CREATE SCHEMA app; '
@@ -265,6 +267,21 @@ def test_table_add_copy_from_makes_the_other_nodes_match_one(cluster) -> None:
         conn.execute("INSERT INTO counters (v) VALUES ('through the log')")
     assert rows_everywhere(cluster, "SELECT id, v FROM counters") == [(2, "through the log")]
     for table in ("drifted", "counters"):
+        assert as_json(replicate(cluster, "table", "remove", table, "--json"))["registered"]
+    rows_everywhere(cluster, "SELECT table_name FROM replicate.registered_tables")
+
+
+def test_table_add_refuses_a_foreign_key_to_an_unregistered_table(cluster) -> None:
+    child = replicate(cluster, "table", "add", "child")
+    assert child.returncode == 1 and "0A000" in child.stderr
+    assert "foreign key child_parent_id_fkey of public.child references parent, which is not " \
+           "registered" in " ".join(child.stderr.split())
+    assert guards(cluster, "child") == [False] * 3
+    parent = as_json(replicate(cluster, "table", "add", "parent", "--json"))
+    [warning] = parent["warnings"]
+    assert "unregistered table child references public.parent" in warning
+    assert as_json(replicate(cluster, "table", "add", "child", "--json"))["warnings"] == []
+    for table in ("child", "parent"):
         assert as_json(replicate(cluster, "table", "remove", table, "--json"))["registered"]
     rows_everywhere(cluster, "SELECT table_name FROM replicate.registered_tables")
 

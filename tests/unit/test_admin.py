@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from replicate.admin import (ColumnDef, Fingerprint, check_schemas, content_difference,
-                             decode_entry, param_text, schema_differences, summarize)
+                             decode_entry, lint, param_text, schema_differences, summarize)
 from replicate.command import Entry, Param, register_table
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
@@ -186,3 +186,16 @@ def test_content_difference_names_row_counts_and_sequences() -> None:
     gone = {**same, "n2": (3, "aa", [])}
     assert content_difference("public.t", gone) == (
         "sequence public.t_id_seq of table public.t is missing on n2, at 5 on n1")
+
+
+def test_lint_refuses_references_to_unregistered_tables_and_warns_about_the_rest() -> None:
+    assert lint("public.t", []) == ([], [])
+    refusals, warnings = lint("public.t", [
+        ("references", "t_p_fkey", "p"),
+        ("referenced-by", "c_t_fkey", "c"),
+        ("volatile-trigger", "stamp", "stamp()")])
+    assert refusals == ["foreign key t_p_fkey of public.t references p, which is not registered: "
+                        "its check could pass on one node and fail on another"]
+    assert [w.split(":")[0] for w in warnings] == [
+        "foreign key c_t_fkey of the unregistered table c references public.t",
+        "trigger stamp calls the volatile function stamp()"]
