@@ -44,8 +44,6 @@ from replicate.runtime.client import ProxyClient
 
 T = TypeVar("T")
 
-GUARD = "replicate_guard"
-
 # Row text (t::text) depends on these; every node hashes with the same values.
 _HASH_SETTINGS = ("SET TimeZone = 'UTC'", "SET DateStyle = 'ISO, MDY'",
                   "SET IntervalStyle = 'postgres'", "SET extra_float_digits = 1",
