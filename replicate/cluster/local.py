@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -193,3 +194,18 @@ class LocalCluster:
     def stop_proxies(self, *, timeout: float = 10.0) -> None:
         for proxy in self.proxies:
             proxy.stop(timeout=timeout)
+        # A proxy whose pid file was lost (e.g. `up` killed while starting it) still names
+        # this cluster's configuration on its command line.
+        marker = f"--config\0{self.config_path}\0".encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker in cmdline and b"proxy" in cmdline:
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass

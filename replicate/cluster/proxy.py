@@ -53,13 +53,20 @@ class LocalProxy:
         """Start the proxy unless it runs; True if it was started."""
         if self.is_running():
             return False
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "replicate", "proxy", "--config", str(self.config_path),
-                 "--node", self.name],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                cwd=str(self.root))
-        self.pid_file.write_text(f"{proc.pid}\n")
+        # Ctrl-C between starting the process and recording its pid would leak the process:
+        # hold SIGINT/SIGTERM until the pid file is written.
+        held = {signal.SIGINT, signal.SIGTERM}
+        signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            with open(self.log_file, "ab") as log:
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "replicate", "proxy", "--config",
+                     str(self.config_path), "--node", self.name],
+                    stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                    cwd=str(self.root))
+            self.pid_file.write_text(f"{proc.pid}\n")
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, held)
         return True
 
     def wait_listening(self, timeout: float = 30.0) -> None:

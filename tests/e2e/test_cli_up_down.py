@@ -36,6 +36,15 @@ def cluster_dir(tmp_path_factory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+def socket_open(host: str, port: str) -> bool:
+    import socket
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
 def postmaster_pid(data_dir: Path) -> int:
     return int((data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
 
@@ -67,6 +76,7 @@ def test_up_kill_up_down(cluster_dir: Path) -> None:
     with psycopg.connect(victim.dsn, connect_timeout=5) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
 
+    (cluster_dir / "n3" / "proxy.pid").unlink()  # a lost pid file must not leak a proxy
     down = replicate("down", "--dir", str(cluster_dir), "--json")
     assert down.returncode == 0, down.stderr
     assert [n["status"] for n in json.loads(down.stdout)["nodes"]] == ["stopped"] * 3
@@ -74,7 +84,8 @@ def test_up_kill_up_down(cluster_dir: Path) -> None:
     assert processes_under(cluster_dir) == []
 
 
-def test_up_in_foreground_stops_on_interrupt(cluster_dir: Path) -> None:
+@pytest.mark.parametrize("when", ["starting", "running"])
+def test_up_in_foreground_stops_on_interrupt(cluster_dir: Path, when: str) -> None:
     proc = subprocess.Popen([REPLICATE, "up", "--nodes", "2", "--dir", str(cluster_dir)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -85,7 +96,13 @@ def test_up_in_foreground_stops_on_interrupt(cluster_dir: Path) -> None:
                 try:
                     for node in config.nodes:
                         psycopg.connect(node.dsn, connect_timeout=1).close()
-                    break
+                    # "starting": interrupt while the proxies may still be starting;
+                    # "running": once every proxy listens
+                    if when == "starting":
+                        break
+                    if all(socket_open(*n.proxy.rsplit(":", 1)) for n in config.nodes):
+                        time.sleep(0.5)
+                        break
                 except psycopg.OperationalError:
                     pass
             time.sleep(0.2)
