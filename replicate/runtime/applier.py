@@ -73,7 +73,8 @@ _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
 # nextval() is not transactional: a batch rolled back for a local reason, or crash recovery,
 # can leave a sequence ahead on one node. Each batch first puts every sequence owned by a
 # registered table back to the state committed with the applied slot, and records the new
-# state in the same transaction (sql/003_sequences.sql).
+# state in the same transaction (sql/003_sequences.sql); a table unregistered in the batch
+# drops out of that state, so its sequence is left alone afterwards.
 _RESTORE_SEQUENCES = """
 SELECT setval(to_regclass(sequence_name), last_value, is_called)
 FROM replicate.sequence_state
@@ -88,9 +89,7 @@ JOIN pg_depend d ON d.refobjid = to_regclass(r.table_name)
                 AND d.deptype IN ('a', 'i')
 JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
 JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname
-ON CONFLICT (sequence_name) DO UPDATE
-SET last_value = EXCLUDED.last_value, is_called = EXCLUDED.is_called"""
+JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname"""
 
 
 CHECK_BUCKETS = 256        # key-hash buckets per table in a consistency check
@@ -258,6 +257,7 @@ class Applier:
                 continue
             records.append(await self._statement(cur, chosen.slot, rid, entry))
         await self._record(cur, records)
+        await cur.execute("DELETE FROM replicate.sequence_state")  # only registered tables
         await cur.execute(_SAVE_SEQUENCES)
         await cur.execute("UPDATE replicate.applied SET slot = $1", [entries[-1].slot])
         return [r.outcome for r in records]

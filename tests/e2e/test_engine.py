@@ -353,3 +353,32 @@ def test_sequence_values_agree_after_local_retries(make_cluster) -> None:
             rows.append(conn.execute("SELECT id, v FROM items ORDER BY id").fetchall())
     assert rows[0] == [(1, "x"), (2, "y")]
     assert rows[1] == rows[0] and rows[2] == rows[0], rows
+
+
+def test_unregistered_table_sequence_is_left_alone(make_cluster) -> None:
+    """After unregistering, later batches must not reset the table's sequence."""
+    from replicate.command import unregister_table
+    cluster = make_cluster(3)
+    start_replicated(cluster)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE items (id serial PRIMARY KEY, v text)")
+    asyncio.run(_register(cluster, "items"))
+
+    async def submit(entry):
+        (c,) = await clients(cluster, {"n1"})
+        try:
+            assert (await c.submit(entry)).ok
+        finally:
+            await c.close()
+
+    asyncio.run(submit(Entry("INSERT INTO items (v) VALUES ('logged')")))
+    asyncio.run(submit(unregister_table("items")))
+    wait_converged(cluster)
+    with psycopg.connect(cluster.nodes[0].dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items (v) VALUES ('direct')")          # takes id 2
+    asyncio.run(submit(Entry("INSERT INTO events VALUES ('another batch')")))
+    wait_converged(cluster)
+    with psycopg.connect(cluster.nodes[0].dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO items (v) VALUES ('direct again')")    # must take id 3
+        assert [r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")] == [1, 2, 3]
