@@ -61,3 +61,35 @@ def test_check_finds_a_row_changed_on_one_node(make_cluster) -> None:
     assert report.exit_code == 2
     assert set(report.unchecked) == {"n3"}
     assert report.tables[0].agree  # the two reachable nodes agree
+
+
+def test_check_command_exit_codes(make_cluster) -> None:
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    replicate = str(Path(sys.executable).parent / "replicate")
+    cluster = make_cluster(3)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kv (k text PRIMARY KEY, v text)")
+            conn.execute("INSERT INTO kv VALUES ('a', '1'), ('b', '2')")
+    start_replicated(cluster)
+    config = str(cluster.config_path)
+    added = subprocess.run([replicate, "table", "add", "kv", "--config", config],
+                           capture_output=True, text=True, timeout=60)
+    assert added.returncode == 0, added.stderr
+    ok = subprocess.run([replicate, "check", "--config", config, "--json"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["consistent"] is True
+    with psycopg.connect(cluster.nodes[2].dsn, autocommit=True) as conn:
+        conn.execute("SET replicate.applying = on")
+        conn.execute("DELETE FROM kv WHERE k = 'b'")
+    bad = subprocess.run([replicate, "check", "--config", config],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1
+    assert "kv" in bad.stdout and "DIFFERENT" in bad.stdout and "key (b)" in bad.stdout
+    missing = subprocess.run([replicate, "check", "--config", config, "--table", "nope"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and "42P01" in missing.stderr
