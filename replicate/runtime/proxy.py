@@ -43,6 +43,8 @@ async def serve(config: ClusterConfig, node: str, settings: EngineSettings | Non
 
 
 def run(config: ClusterConfig, node: str) -> None:
+    # `replicate up` holds SIGINT/SIGTERM while it starts us, and a child inherits that mask.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     logging.basicConfig(level=logging.INFO,
                         format=f"%(asctime)s {node} %(levelname)s %(name)s: %(message)s")
     asyncio.run(serve(config, node))

@@ -78,6 +78,8 @@ class ProxyServer:
                                    backend=backend_address(engine.config.nodes[engine.index].dsn))
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
             pass
+        except asyncio.CancelledError:  # the proxy is stopping: close quietly
+            pass
         except ProtocolError as exc:
             log.warning("closing a peer connection: %s", exc)
         finally:
