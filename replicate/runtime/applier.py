@@ -118,6 +118,20 @@ class LocalApplyError(ReplicateError):
     sqlstate = "58000"
 
 
+class ApplyGap(LocalApplyError):
+    """The node's applied slot is not the one before the batch.
+
+    Apply transactions commit with ``synchronous_commit = off``: a node that crashes may come
+    back with its last few applied slots lost (never acknowledged by it, but already handed
+    out by the learner). The engine then fetches those chosen slots again and reapplies them.
+    """
+
+    def __init__(self, node_applied: int, first_slot: int) -> None:
+        super().__init__(f"slot {first_slot} is not next: the node has applied up to "
+                         f"{node_applied}")
+        self.node_applied = node_applied
+
+
 class _RawParam:
     """A bind parameter passed to the server byte for byte, with its own type OID and format."""
 
@@ -218,7 +232,7 @@ class Applier:
         row = await cur.fetchone()
         applied = int(row[0]) if row else 0
         if entries[0].slot != applied + 1:
-            raise LocalApplyError(f"slot {entries[0].slot} is not next: node applied {applied}")
+            raise ApplyGap(applied, entries[0].slot)
         # A lock held on this node past the apply timeout stalls it (a local cause); a
         # statement may run longer than that before it counts as stuck.
         await cur.execute("SELECT set_config('replicate.applying', 'on', true), "

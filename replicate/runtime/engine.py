@@ -53,11 +53,12 @@ from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.paxos import Config as PaxosConfig
 from replicate.paxos import HardState, Replica, Role
 from replicate.paxos.messages import (
-    AcceptorReply, Commit, Committed, Envelope, Forward, Heartbeat, Value, acceptor_addr,
+    AcceptorReply, ChosenEntry, Commit, Committed, Envelope, Fetch, Forward, Heartbeat, Value,
+    acceptor_addr,
     replica_addr,
 )
 from replicate.runtime import peerwire
-from replicate.runtime.applier import Applier, LocalApplyError
+from replicate.runtime.applier import Applier, ApplyGap, LocalApplyError
 from replicate.runtime.links import AcceptorLink, PeerLink
 from replicate.runtime.schema import ainstall
 
@@ -298,6 +299,13 @@ class Engine:
             batch = self._to_apply[:self.settings.apply_batch]
             try:
                 outcomes = await self.applier.apply(batch)
+            except ApplyGap as gap:
+                if await self._close_gap(gap.node_applied, batch[0].slot):
+                    continue
+                self.stalled = gap.message
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
             except LocalApplyError as exc:
                 self.stalled = exc.message
                 log.warning("%s: stalled at slot %d: %s", self.name, batch[0].slot, exc.message)
@@ -316,6 +324,41 @@ class Engine:
             async with self._applied_changed:
                 self.applied_upto = batch[-1].slot
                 self._applied_changed.notify_all()
+
+    async def _close_gap(self, node_applied: int, first: int) -> bool:
+        """Make the apply queue start right after the node's applied slot again.
+
+        Slots the node already applied are dropped; slots it lost in a crash (asynchronous
+        commit) are fetched again from the acceptors. False if they cannot be fetched now.
+        """
+        if node_applied >= first:
+            del self._to_apply[:node_applied - first + 1]
+            async with self._applied_changed:
+                self.applied_upto = node_applied
+            return True
+        needed = range(node_applied + 1, first)
+        missing: dict[int, Value] = {}
+        for link in self.links:
+            lacking = [slot for slot in needed if slot not in missing]
+            if not lacking:
+                break
+            try:
+                reply = await asyncio.wait_for(
+                    link.call(Fetch(lacking[0], first - lacking[0])),
+                    self.settings.request_timeout_s)
+            except Exception:  # noqa: BLE001 - an unreachable acceptor: ask the next one
+                continue
+            for entry in getattr(reply, "entries", ()):
+                if entry.slot < first:
+                    missing.setdefault(entry.slot, entry.value)
+        if any(slot not in missing for slot in needed):
+            return False
+        log.warning("%s: the node lost slots %d..%d in a crash; applying them again",
+                    self.name, node_applied + 1, first - 1)
+        self._to_apply[:0] = [ChosenEntry(slot, missing[slot]) for slot in needed]
+        async with self._applied_changed:
+            self.applied_upto = node_applied
+        return True
 
     async def wait_applied(self, slot: int, timeout: float | None = None) -> None:
         """Wait until the local node has applied every slot up to ``slot``."""

@@ -20,6 +20,8 @@ from replicate.runtime.client import ProxyClient
 from .replicated import (WriteLog, assert_exactly_once, start_replicated, statuses,
                          wait_converged, wait_for_leader, write_keys)
 
+INSERT_EVENT = "INSERT INTO events (k) VALUES ($1)"
+
 pytestmark = pytest.mark.e2e
 
 
@@ -382,3 +384,33 @@ def test_unregistered_table_sequence_is_left_alone(make_cluster) -> None:
     with psycopg.connect(cluster.nodes[0].dsn, autocommit=True) as conn:
         conn.execute("INSERT INTO items (v) VALUES ('direct again')")    # must take id 3
         assert [r[0] for r in conn.execute("SELECT id FROM items ORDER BY id")] == [1, 2, 3]
+
+
+def test_slots_lost_by_a_node_crash_are_applied_again(make_cluster) -> None:
+    """Apply commits asynchronously: a crashed node may lose its last applied slots."""
+    cluster = make_cluster(3)
+    start_replicated(cluster)
+
+    async def write(keys):
+        (c,) = await clients(cluster, {"n1"})
+        try:
+            for k in keys:
+                assert (await c.submit(Entry(INSERT_EVENT, (Param(k.encode()),)))).ok
+        finally:
+            await c.close()
+
+    asyncio.run(write([f"k{i}" for i in range(5)]))
+    before, _ = wait_converged(cluster)
+    asyncio.run(write(["lost-1", "lost-2", "lost-3"]))
+    wait_converged(cluster)
+    # What an asynchronous commit lost in a crash looks like on n3: the last three slots'
+    # effects, outcomes, request ids and applied position are gone, its proxy does not know.
+    with psycopg.connect(cluster.nodes[2].dsn, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("DELETE FROM events WHERE k LIKE 'lost-%'")
+            conn.execute("DELETE FROM replicate.requests WHERE slot > %s", [before])
+            conn.execute("DELETE FROM replicate.outcomes WHERE slot > %s", [before])
+            conn.execute("UPDATE replicate.applied SET slot = %s", [before])
+    asyncio.run(write(["after"]))
+    _, keys = wait_converged(cluster)
+    assert keys == sorted([f"k{i}" for i in range(5)] + ["lost-1", "lost-2", "lost-3", "after"])
