@@ -75,6 +75,17 @@ def _write(cluster: LocalCluster, name: str, first: int, count: int) -> None:
                          [i, f"owner-{i}", 100])
 
 
+def _check_step(cluster: LocalCluster, title: str, *, rows: int) -> Step:
+    """Run ``replicate check``; the step is ok if every node holds the same ``rows`` rows."""
+    report = run_check(cluster.config)
+    table = report.tables[0]
+    return Step(title, [f"check at slot {report.slot}: "
+                        + ("identical" if report.consistent else "DIFFERENT")],
+                ("node", "rows", "hash"),
+                [(n, str(table.rows[n]), table.digest[n]) for n in table.rows],
+                ok=report.exit_code == 0 and set(table.rows.values()) == {rows})
+
+
 def steps(directory: Path | None = None) -> Iterator[Step]:
     """Run the demo, yielding what happens; the cluster is destroyed when the iterator ends."""
     root = Path(tempfile.mkdtemp(prefix="replicate-demo-", dir=directory or "/tmp"))
@@ -110,14 +121,8 @@ def steps(directory: Path | None = None) -> Iterator[Step]:
                     f"UPDATE accounts SET balance = balance * 1.05, updated = now() -> {tag}",
                     "now() was fixed once by the proxy, so every node stores the same instant"])
 
-        report = run_check(cluster.config)
-        table = report.tables[0]
-        yield Step("Every node holds the same rows (replicate check, at one log slot)",
-                   [f"check at slot {report.slot}: "
-                    + ("identical" if report.consistent else "DIFFERENT")],
-                   ("node", "rows", "hash"),
-                   [(n, str(table.rows[n]), table.digest[n]) for n in table.rows],
-                   ok=report.consistent)
+        yield _check_step(cluster, "Every node holds the same rows (replicate check, at one "
+                                   "log slot)", rows=30)
 
         victim = cluster.node("n3")
         pid = victim.kill(signal.SIGKILL)
@@ -145,14 +150,7 @@ def steps(directory: Path | None = None) -> Iterator[Step]:
                    [f"n3 applied everything up to slot {slot}"],
                    ("node", "state", "role", "applied slot"), _nodes_view(cluster))
 
-        report = run_check(cluster.config)
-        table = report.tables[0]
-        yield Step("replicate check: all nodes agree again",
-                   [f"check at slot {report.slot}: "
-                    + ("identical" if report.consistent else "DIFFERENT")],
-                   ("node", "rows", "hash"),
-                   [(n, str(table.rows[n]), table.digest[n]) for n in table.rows],
-                   ok=report.consistent and set(table.rows.values()) == {50})
+        yield _check_step(cluster, "replicate check: all nodes agree again", rows=50)
     finally:
         if cluster is not None:
             cluster.destroy()
