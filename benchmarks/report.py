@@ -1,0 +1,106 @@
+"""Presenting a benchmark run: the rich table on stdout and the PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _f(value, digits: int = 1, suffix: str = "") -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:,.{digits}f}{suffix}"
+
+
+def _wal(per_node: dict) -> str:
+    if not per_node or any(v is None for v in per_node.values()):
+        return "n/a"
+    return "/".join(f"{v:.0f}" for v in per_node.values())
+
+
+def print_report(data: dict, console: Console | None = None) -> None:
+    console = console or Console(width=200)
+    meta = data["meta"]
+    results = {(r["workload"], r["mode"], r["clients"], r["target"]): r for r in data["results"]}
+    table = Table(title=f"replicate vs direct PostgreSQL {meta['postgresql']}: 3 nodes, fsync on, "
+                        f"via the {meta['via']} ({meta['node']}); {meta['rounds']} rounds x "
+                        f"{meta['duration_s']:g} s")
+    for name, justify in (("workload", "left"), ("mode", "left"), ("clients", "right"),
+                          ("direct tps", "right"), ("proxied tps", "right"), ("ratio", "right"),
+                          ("direct p50/p99 ms", "right"), ("proxied p50/p99 ms", "right"),
+                          ("p50 x", "right"), ("WAL syncs/1k direct", "right"),
+                          ("WAL syncs/1k proxied (n1/n2/n3)", "right"),
+                          ("proxy CPU s/1k", "right"), ("errors", "left")):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for c in data["comparisons"]:
+        group = c["workload"].split("-")[0]
+        d = results.get((group, c["mode"], c["clients"], "direct"), {})
+        node = meta["node"]
+        direct_wal = (d.get("wal_syncs_per_1k") or {}).get(node)
+        table.add_row(
+            c["workload"], c["mode"], str(c["clients"]),
+            _f(c["direct_tps"]), _f(c["proxied_tps"]), _f(c["tps_ratio"], 2),
+            f"{_f(c['direct_p50_ms'], 2)}/{_f(c['direct_p99_ms'], 2)}",
+            f"{_f(c['proxied_p50_ms'], 2)}/{_f(c['proxied_p99_ms'], 2)}",
+            _f(c["p50_ratio"], 1), _f(direct_wal, 0), _wal(c["proxied_wal_syncs_per_1k"]),
+            _f(c["proxy_cpu_s_per_1k"], 2), "; ".join(c["errors"])[:60])
+    console.print(table)
+
+    targets = Table(title="issue 8 targets")
+    for name in ("target", "mode", "clients", "value", "goal", "met"):
+        targets.add_column(name)
+    for t in data["targets"]:
+        met = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[t["met"]]
+        targets.add_row(t["target"], t["mode"], str(t["clients"]), _f(t["value"], 2),
+                        t["goal"], met)
+    if data["targets"]:
+        console.print(targets)
+    check = data.get("check") or {}
+    console.print(f"replicate check after the run: exit {check.get('exit_code')}"
+                  + (f" ({check['error']})" if check.get("error") else " (nodes agree)"
+                     if check.get("exit_code") == 0 else ""))
+
+
+def write_chart(data: dict, path: Path) -> Path | None:
+    """Throughput against clients, direct (dashed) and replicated (solid); one panel per mode."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    modes = data["meta"]["modes"]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.5 * len(modes), 5), squeeze=False,
+                             sharey=True)
+    colors = {"W1": "tab:blue", "W2": "tab:orange", "W3": "tab:green",
+              "W3-local": "tab:green", "W3-linearizable": "tab:olive", "W4": "tab:red"}
+    for ax, mode in zip(axes[0], modes):
+        rows = [r for r in data["results"] if r["mode"] == mode]
+        for key in dict.fromkeys(r["workload"] for r in rows):
+            for target, style in (("direct", "--"), ("proxied", "-")):
+                pts = sorted((r["clients"], r["tps"]) for r in rows
+                             if r["workload"] == key and r["target"] == target)
+                if not pts:
+                    continue
+                label = f"{key} {'direct' if target == 'direct' else 'replicated'}"
+                ax.plot([p[0] for p in pts], [max(p[1], 0.1) for p in pts], style,
+                        marker="o", color=colors.get(key, "black"), label=label)
+        ax.set_title(f"pgbench -M {mode}")
+        ax.set_xlabel("clients")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(data["meta"]["clients"], [str(c) for c in data["meta"]["clients"]])
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("throughput (transactions/s, log scale)")
+    meta = data["meta"]
+    fig.suptitle(f"replicate (3 nodes, fsync on) vs direct PostgreSQL {meta['postgresql']}, "
+                 f"{meta['started']}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,630 @@
+"""The end-to-end benchmark of issue 8: pgbench directly against a node and through the proxies.
+
+``python -m benchmarks [--quick] [--clients 1,8,32] [--modes simple,prepared] [--duration S]
+[--rounds N] [--workloads W1,W2,W3,W4] [--via leader|follower] [--out DIR]``
+
+One run:
+
+1. creates ONE local 3-node cluster (fsync on, full_page_writes on: honest numbers) in a fresh
+   directory under /tmp on a random free port range on 127.0.0.1, starts it and its proxies and
+   waits for a leader;
+2. creates ``accounts(id int primary key, owner text not null, balance numeric(12,2) not null)``
+   and an unregistered copy ``accounts_direct`` on every node, preloads the same rows into both,
+   and registers ``accounts`` (``replicate.admin.add_table``);
+3. drives pgbench (``-f`` script, ``-T`` seconds, ``-l`` per-transaction logs) for every cell
+   (workload, protocol mode, client count): "direct" against the PostgreSQL of one node, then
+   "proxied" through that node's proxy (or the other way round in odd rounds), for several
+   rounds, so that slow drift of the machine hits both sides alike;
+4. reports per configuration: throughput (median of the rounds' tps), p50 and p99 latency (exact,
+   from every transaction of every round), the proxied/direct ratios, WAL syncs per 1,000
+   transactions on each node (``pg_stat_wal.wal_sync`` deltas) and the CPU seconds of all three
+   proxies per 1,000 transactions (utime + stime from /proc); a table on stdout, ``bench.json``
+   and ``bench.png``;
+5. destroys the cluster in a ``finally`` (also on Ctrl-C and SIGTERM).
+
+Workloads (pgbench scripts):
+
+- W1 single-row INSERT of a random new id (``ON CONFLICT DO NOTHING`` for the rare repeat);
+- W2 upsert by primary key (``ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 1``);
+- W3 SELECT by primary key; through the proxy with read consistency ``local`` and
+  ``linearizable`` (set per connection with ``PGOPTIONS=-c replicate.read_consistency=...``,
+  which the proxy reads back from the node); both compare with one direct measurement;
+- W4 ``SELECT 1``, relayed (the proxy's own overhead).
+
+Direct writes go to ``accounts_direct`` (direct writes to the registered table are refused by
+its guard trigger); direct reads read ``accounts`` itself.
+
+Nothing here asserts timings; it measures and reports.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
+from replicate.admin import add_table, cluster_status
+from replicate.cluster import LocalCluster, find_free_range
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+
+TABLE_DDL = ("CREATE TABLE {name} (id int PRIMARY KEY, owner text NOT NULL, "
+             "balance numeric(12,2) NOT NULL)")
+PRELOAD = ("INSERT INTO {name} (id, owner, balance) "
+           "SELECT g, 'owner ' || g, 100 FROM generate_series(1, {rows}) AS g")
+# Settle time after a write run before the WAL counters are read: PostgreSQL 15 backends that
+# stay connected (the proxies' own connections) flush their statistics when they go idle and
+# their last flush is over a second old; without this wait part of one run's WAL syncs would be
+# counted in the next run.
+WRITE_SETTLE_S = 1.5
+
+
+@dataclass(frozen=True)
+class Workload:
+    key: str              # as reported: W1, W2, W3-local, W3-linearizable, W4
+    group: str            # W1 .. W4: the cell it runs in; W3's two variants share one direct run
+    title: str
+    writes: bool
+    script: str           # pgbench script; {table} is accounts or accounts_direct
+    consistency: str | None = None
+
+    def script_for(self, table: str, rows: int) -> str:
+        return self.script.format(table=table, rows=rows)
+
+
+WORKLOADS = (
+    Workload("W1", "W1", "single-row INSERT", True,
+             "\\set id random(1000001, 2000000000)\n"
+             "INSERT INTO {table} (id, owner, balance) VALUES (:id, 'w1', 1) "
+             "ON CONFLICT DO NOTHING;\n"),
+    Workload("W2", "W2", "upsert by primary key", True,
+             "\\set id random(1, {rows})\n"
+             "INSERT INTO {table} (id, owner, balance) VALUES (:id, 'w2', 1) "
+             "ON CONFLICT (id) DO UPDATE SET balance = {table}.balance + 1;\n"),
+    Workload("W3-local", "W3", "SELECT by primary key, read consistency local", False,
+             "\\set id random(1, {rows})\n"
+             "SELECT owner, balance FROM accounts WHERE id = :id;\n", "local"),
+    Workload("W3-linearizable", "W3", "SELECT by primary key, read consistency linearizable",
+             False,
+             "\\set id random(1, {rows})\n"
+             "SELECT owner, balance FROM accounts WHERE id = :id;\n", "linearizable"),
+    Workload("W4", "W4", "SELECT 1 relayed", False, "SELECT 1;\n"),
+)
+GROUPS = ("W1", "W2", "W3", "W4")
+
+
+@dataclass
+class Target:
+    """One side of a cell: direct (workload None for W3: shared) or proxied with a workload."""
+
+    kind: str                     # "direct" | "proxied"
+    workload: Workload
+    key: str                      # the workload key the measurement is stored under
+
+    @property
+    def label(self) -> str:
+        return f"{self.key} {self.kind}"
+
+
+@dataclass
+class Run:
+    """One pgbench invocation."""
+
+    tps: float = 0.0
+    transactions: int = 0
+    failed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+    wal_syncs: dict[str, int] = field(default_factory=dict)
+    proxy_cpu_s: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class Settings:
+    clients: list[int]
+    modes: list[str]
+    groups: list[str]
+    duration: float
+    rounds: int
+    rows: int
+    via: str
+    out: Path
+    quick: bool
+
+
+# -- the machine -----------------------------------------------------------------
+
+
+def machine() -> dict:
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    cpu_model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        pgbench = subprocess.run(["pgbench", "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pgbench = None
+    return {"cpus": os.cpu_count(), "cpu_model": cpu_model, "memory_gb": mem_gb,
+            "kernel": platform.release(), "python": platform.python_version(),
+            "pgbench": pgbench, "load_average_at_start": list(os.getloadavg())}
+
+
+# -- measurements ------------------------------------------------------------------
+
+
+def proc_cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (all its threads), in seconds; 0 if it is gone."""
+    if pid is None:
+        return 0.0
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0.0
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of proc(5)
+
+
+class Probe:
+    """WAL sync counters of every node and CPU time of every proxy."""
+
+    def __init__(self, cluster: LocalCluster) -> None:
+        self.cluster = cluster
+        self.conns = {n.name: psycopg.connect(n.dsn, autocommit=True) for n in cluster.nodes}
+        self.proxy_pids = [p.pid() for p in cluster.proxies]
+        self.wal_available = all(self._wal_one(c) is not None for c in self.conns.values())
+
+    @staticmethod
+    def _wal_one(conn: psycopg.Connection) -> int | None:
+        try:
+            return int(conn.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0])
+        except psycopg.Error:
+            return None
+
+    def sample(self) -> tuple[dict[str, int | None], float]:
+        wal = {name: self._wal_one(conn) for name, conn in self.conns.items()}
+        cpu = sum(proc_cpu_seconds(pid) for pid in self.proxy_pids)
+        return wal, cpu
+
+    def close(self) -> None:
+        for conn in self.conns.values():
+            conn.close()
+
+
+_TPS = re.compile(r"^tps = ([\d.]+) \(without initial connection time\)", re.M)
+_DONE = re.compile(r"^number of transactions actually processed: (\d+)", re.M)
+_FAILED = re.compile(r"^number of failed transactions: (\d+)", re.M)
+
+
+def read_latencies(log_dir: Path, prefix: str) -> list[float]:
+    """Per-transaction latencies (ms) from pgbench -l logs: ``client txn time_us script ...``."""
+    out: list[float] = []
+    for path in log_dir.glob(f"{prefix}.*"):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    out.append(int(parts[2]) / 1000.0)
+        path.unlink()
+    return out
+
+
+def pgbench(port: int, script: Path, *, clients: int, mode: str, duration: float,
+            log_dir: Path, env: dict[str, str]) -> Run:
+    prefix = f"pgb{uuid.uuid4().hex[:8]}"
+    threads = max(1, min(clients, os.cpu_count() or 1))
+    cmd = ["pgbench", "-n", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+           "-c", str(clients), "-j", str(threads), "-T", str(max(1, round(duration))),
+           "-M", mode, "-f", str(script), "-l", "--log-prefix", str(log_dir / prefix),
+           "postgres"]
+    run = Run()
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env,
+                                timeout=duration + 60)
+    except subprocess.TimeoutExpired:
+        run.error = f"pgbench did not finish within {duration + 60:.0f} s"
+        read_latencies(log_dir, prefix)
+        return run
+    run.latencies_ms = read_latencies(log_dir, prefix)
+    if m := _TPS.search(result.stdout):
+        run.tps = float(m.group(1))
+    if m := _DONE.search(result.stdout):
+        run.transactions = int(m.group(1))
+    if m := _FAILED.search(result.stdout):
+        run.failed = int(m.group(1))
+    if result.returncode != 0 or not run.transactions:
+        lines = [ln for ln in result.stderr.splitlines() if "error" in ln.lower()]
+        run.error = (lines[0] if lines else result.stderr.strip()[-300:]
+                     or f"pgbench exited {result.returncode}")
+    return run
+
+
+# -- the cluster ---------------------------------------------------------------------
+
+
+def wait_for_leader(cluster: LocalCluster, timeout: float = 30.0) -> str:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            status = cluster_status(cluster.config)
+            if status.leader:
+                return status.leader
+        except Exception as exc:  # noqa: BLE001 - proxies may still be starting
+            last = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"no leader within {timeout:.0f} s ({last})")
+
+
+def prepare(cluster: LocalCluster, rows: int) -> None:
+    """Tables on every node, the same rows everywhere, then register ``accounts``."""
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            for name in ("accounts", "accounts_direct"):
+                conn.execute(TABLE_DDL.format(name=name))
+                conn.execute(PRELOAD.format(name=name, rows=rows))
+                conn.execute(f"VACUUM ANALYZE {name}")
+    add_table(cluster.config, "accounts")
+
+
+def wait_writable(host: str, port: int, timeout: float = 30.0) -> None:
+    """Until an upsert through the proxy succeeds (the proxy has loaded the registration)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(host=host, port=port, user="postgres", dbname="postgres",
+                                 autocommit=True, connect_timeout=10) as conn:
+                conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (1, 'warm', 1) "
+                             "ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 1")
+                return
+        except psycopg.Error as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"writes through the proxy at {host}:{port} fail: {exc}")
+            time.sleep(0.3)
+
+
+def run_check(cluster: LocalCluster) -> dict:
+    """``replicate check``: do the nodes hold the same rows after the run?"""
+    exe = Path(sys.executable).parent / "replicate"
+    cmd = [str(exe), "check", "--config", str(cluster.config_path), "--json"]
+    if not exe.exists():
+        cmd = [sys.executable, "-m", "replicate.cli", *cmd[1:]]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return {"exit_code": None, "error": "replicate check did not finish within 120 s"}
+    out: dict = {"exit_code": result.returncode}
+    if result.returncode != 0:
+        out["error"] = (result.stderr or result.stdout).strip()[-500:]
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------
+
+
+def cell_targets(group: str) -> list[Target]:
+    loads = [w for w in WORKLOADS if w.group == group]
+    return [Target("direct", loads[0], group)] + [Target("proxied", w, w.key) for w in loads]
+
+
+def aggregate(runs: list[Run], node_names: list[str]) -> dict:
+    tps = [r.tps for r in runs if r.error is None]
+    lat = sorted(x for r in runs for x in r.latencies_ms)
+    txns = sum(r.transactions for r in runs)
+
+    def pct(q: float) -> float | None:
+        if not lat:
+            return None
+        return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
+
+    wal: dict[str, float | None] = {}
+    for name in node_names:
+        deltas = [r.wal_syncs.get(name) for r in runs]
+        if txns and all(d is not None for d in deltas):
+            wal[name] = round(1000 * sum(deltas) / txns, 1)  # type: ignore[arg-type]
+        else:
+            wal[name] = None
+    return {
+        "tps": round(statistics.median(tps), 1) if tps else 0.0,
+        "tps_rounds": [round(r.tps, 1) for r in runs],
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "transactions": txns,
+        "failed": sum(r.failed for r in runs),
+        "wal_syncs_per_1k": wal,
+        "proxy_cpu_s_per_1k": round(1000 * sum(r.proxy_cpu_s for r in runs) / txns, 3)
+        if txns else None,
+        "errors": sorted({r.error for r in runs if r.error}),
+    }
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or not b:
+        return None
+    return round(a / b, 3)
+
+
+def build_comparisons(results: list[dict]) -> list[dict]:
+    index = {(r["workload"], r["mode"], r["clients"], r["target"]): r for r in results}
+    out = []
+    for r in results:
+        if r["target"] != "proxied":
+            continue
+        group = next(w.group for w in WORKLOADS if w.key == r["workload"])
+        d = index.get((group, r["mode"], r["clients"], "direct"))
+        if d is None:
+            continue
+        out.append({
+            "workload": r["workload"], "mode": r["mode"], "clients": r["clients"],
+            "direct_tps": d["tps"], "proxied_tps": r["tps"],
+            "tps_ratio": ratio(r["tps"], d["tps"]),
+            "direct_p50_ms": d["p50_ms"], "proxied_p50_ms": r["p50_ms"],
+            "p50_ratio": ratio(r["p50_ms"], d["p50_ms"]),
+            "direct_p99_ms": d["p99_ms"], "proxied_p99_ms": r["p99_ms"],
+            "direct_wal_syncs_per_1k": d["wal_syncs_per_1k"],
+            "proxied_wal_syncs_per_1k": r["wal_syncs_per_1k"],
+            "proxy_cpu_s_per_1k": r["proxy_cpu_s_per_1k"],
+            "errors": d["errors"] + r["errors"],
+        })
+    return out
+
+
+TARGETS = (
+    # (name, workload, clients, metric, comparison, goal)
+    ("W2 at 32 clients: >= 0.6x direct tps", "W2", 32, "tps_ratio", ">=", 0.6),
+    ("W2 at 1 client: >= 0.3x direct tps", "W2", 1, "tps_ratio", ">=", 0.3),
+    ("W2 at 1 client: p50 <= 3.3x direct", "W2", 1, "p50_ratio", "<=", 3.3),
+    ("W3 linearizable: p50 <= 2x direct", "W3-linearizable", None, "p50_ratio", "<=", 2.0),
+    ("W4: >= 0.7x direct tps", "W4", None, "tps_ratio", ">=", 0.7),
+)
+
+
+def build_targets(comparisons: list[dict]) -> list[dict]:
+    out = []
+    for name, workload, clients, metric, op, goal in TARGETS:
+        for c in comparisons:
+            if c["workload"] != workload or (clients is not None and c["clients"] != clients):
+                continue
+            value = c[metric]
+            met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+            out.append({"target": name, "workload": workload, "mode": c["mode"],
+                        "clients": c["clients"], "metric": metric, "goal": f"{op} {goal}",
+                        "value": value, "met": met})
+    return out
+
+
+def run_benchmark(settings: Settings) -> dict:
+    started = datetime.now(timezone.utc)
+    scratch = Path(tempfile.mkdtemp(prefix="replicate-bench-", dir="/tmp"))
+    os.chmod(scratch, 0o755)
+    log_dir = scratch / "pgbench"
+    log_dir.mkdir()
+    scripts_dir = scratch / "scripts"
+    scripts_dir.mkdir()
+    cluster: LocalCluster | None = None
+    probe: Probe | None = None
+    try:
+        start = random.Random(os.getpid() ^ uuid.uuid4().int).randrange(20000, 60000)
+        cluster = LocalCluster.create(scratch / "cluster", nodes=3,
+                                      base_port=find_free_range(6, start=start), fsync=True)
+        cluster.start()
+        cluster.start_proxies()
+        leader = wait_for_leader(cluster)
+        prepare(cluster, settings.rows)
+        leader = wait_for_leader(cluster)
+        names = [n.name for n in cluster.nodes]
+        chosen = leader if settings.via == "leader" else next(n for n in names if n != leader)
+        node = cluster.node(chosen)
+        node_port = int(conninfo_to_dict(node.dsn)["port"])
+        proxy_host, proxy_port = cluster.proxy_address(chosen)
+        wait_writable(proxy_host, proxy_port)
+        with psycopg.connect(node.dsn) as conn:
+            server_version = conn.execute("SHOW server_version").fetchone()[0]
+        probe = Probe(cluster)
+
+        scripts: dict[tuple[str, str], Path] = {}
+        for w in WORKLOADS:
+            for kind, table in (("direct", "accounts_direct" if w.writes else "accounts"),
+                                ("proxied", "accounts")):
+                path = scripts_dir / f"{w.key}-{kind}.sql"
+                path.write_text(w.script_for(table, settings.rows))
+                scripts[(w.key, kind)] = path
+
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        base_env["PGCONNECT_TIMEOUT"] = "10"
+
+        def one(target: Target, mode: str, clients: int, duration: float) -> Run:
+            env = dict(base_env)
+            if target.kind == "proxied" and target.workload.consistency:
+                env["PGOPTIONS"] = f"-c replicate.read_consistency={target.workload.consistency}"
+            port = proxy_port if target.kind == "proxied" else node_port
+            wal0, cpu0 = probe.sample()  # type: ignore[union-attr]
+            run = pgbench(port, scripts[(target.workload.key, target.kind)], clients=clients,
+                          mode=mode, duration=duration, log_dir=log_dir, env=env)
+            if target.workload.writes:
+                time.sleep(WRITE_SETTLE_S)
+            wal1, cpu1 = probe.sample()  # type: ignore[union-attr]
+            run.wal_syncs = {n: (wal1[n] - wal0[n]) for n in names  # type: ignore[operator]
+                             if wal0[n] is not None and wal1[n] is not None}
+            run.proxy_cpu_s = cpu1 - cpu0
+            return run
+
+        # Warm-up (not recorded): every script once, briefly, on both sides.
+        for group in settings.groups:
+            for target in cell_targets(group):
+                one(target, settings.modes[0], 1, 1)
+
+        cells = [(g, mode, c) for g in settings.groups for mode in settings.modes
+                 for c in settings.clients]
+        runs: dict[tuple[str, str, int, str], list[Run]] = {}
+        total = len(cells) * settings.rounds
+        done = 0
+        for rnd in range(settings.rounds):
+            for group, mode, clients in cells:
+                targets = cell_targets(group)
+                if rnd % 2:
+                    targets.reverse()
+                done += 1
+                for target in targets:
+                    run = one(target, mode, clients, settings.duration)
+                    runs.setdefault((target.key, mode, clients, target.kind), []).append(run)
+                    note = f" ERROR {run.error}" if run.error else ""
+                    print(f"[{done}/{total}] round {rnd + 1} {target.label:22} {mode:8} "
+                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
+                          file=sys.stderr, flush=True)
+
+        results = []
+        for (key, mode, clients, kind), rs in runs.items():
+            w = next((w for w in WORKLOADS if w.key == key), None)
+            results.append({
+                "workload": key, "target": kind, "mode": mode, "clients": clients,
+                "consistency": w.consistency if (w and kind == "proxied") else None,
+                "table": "accounts_direct" if (kind == "direct" and w and w.writes)
+                else "accounts",
+                **aggregate(rs, names)})
+        order = {k: i for i, k in enumerate(["W1", "W2", "W3", "W3-local", "W3-linearizable",
+                                             "W4"])}
+        results.sort(key=lambda r: (order[r["workload"]], r["mode"], r["clients"], r["target"]))
+        check = run_check(cluster)
+        comparisons = build_comparisons(results)
+        finished = datetime.now(timezone.utc)
+        return {
+            "meta": {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "elapsed_s": round((finished - started).total_seconds(), 1),
+                "quick": settings.quick, "duration_s": settings.duration,
+                "rounds": settings.rounds, "clients": settings.clients, "modes": settings.modes,
+                "workloads": [w.key for w in WORKLOADS if w.group in settings.groups],
+                "preloaded_rows": settings.rows, "fsync": True, "nodes": 3,
+                "via": settings.via, "leader": leader, "node": chosen,
+                "postgresql": server_version, "wal_sync_available": probe.wal_available,
+                "write_settle_s": WRITE_SETTLE_S,
+                "machine": machine(),
+                "notes": [
+                    "tps: median over rounds (pgbench, without connection time); p50/p99: "
+                    "over every transaction of every round (pgbench -l)",
+                    "wal_syncs_per_1k and proxy_cpu_s_per_1k: per 1,000 transactions "
+                    "(writes for W1/W2), summed over rounds; they include background activity "
+                    "during the run and the settle time after write runs",
+                    "direct W1/W2 write accounts_direct (unregistered); direct W3 reads "
+                    "accounts; W3-local and W3-linearizable share the direct W3 run",
+                ],
+            },
+            "results": results,
+            "comparisons": comparisons,
+            "targets": build_targets(comparisons),
+            "check": check,
+        }
+    finally:
+        if probe is not None:
+            probe.close()
+        if cluster is not None:
+            cluster.destroy()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+# -- command line -------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> Settings:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny run for the smoke test: W2 and W4, 1 client, simple mode, 2 s")
+    p.add_argument("--clients", help="comma-separated client counts (default 1,8,32)")
+    p.add_argument("--modes", help="pgbench -M modes (default simple,prepared)")
+    p.add_argument("--workloads", help="groups to run, of W1,W2,W3,W4 (default all)")
+    p.add_argument("--duration", type=float, help="seconds per pgbench run (default 3)")
+    p.add_argument("--rounds", type=int, help="interleaved rounds (default 2)")
+    p.add_argument("--rows", type=int, help="rows preloaded (default 10000)")
+    p.add_argument("--via", choices=["leader", "follower"], default="leader",
+                   help="drive the leader's node and proxy (default) or a follower's")
+    p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
+                                            "with --quick a directory under /tmp)")
+    a = p.parse_args(argv)
+
+    def ints(text: str) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()]
+
+    q = a.quick
+    groups = [g.strip().upper() for g in (a.workloads or ("W2,W4" if q else ",".join(GROUPS)))
+              .split(",") if g.strip()]
+    bad = [g for g in groups if g not in GROUPS]
+    if bad:
+        p.error(f"unknown workloads {bad}: choose from {','.join(GROUPS)}")
+    modes = [m.strip() for m in (a.modes or ("simple" if q else "simple,prepared")).split(",")]
+    if any(m not in ("simple", "extended", "prepared") for m in modes):
+        p.error("modes are simple, extended, prepared")
+    settings = Settings(
+        clients=ints(a.clients or ("1" if q else "1,8,32")), modes=modes, groups=groups,
+        duration=a.duration or (2.0 if q else 3.0), rounds=a.rounds or (1 if q else 2),
+        rows=a.rows or (1000 if q else 10000), via=a.via,
+        out=a.out or (Path(tempfile.gettempdir()) / "replicate-bench-quick" if q
+                      else DEFAULT_OUT),
+        quick=q)
+    if settings.duration < 1 or settings.duration > 600:
+        p.error("--duration must be between 1 and 600 seconds")
+    if any(c < 1 or c > 64 for c in settings.clients):
+        p.error("client counts must be between 1 and 64 (the nodes allow 100 connections)")
+    return settings
+
+
+def _on_sigterm(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    from benchmarks import report
+
+    settings = parse_args(argv)
+    if shutil.which("pgbench") is None:
+        print("pgbench is not installed", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    runs = len(settings.groups) * len(settings.modes) * len(settings.clients) * settings.rounds
+    print(f"benchmark: {runs} cells x 2-3 pgbench runs of {settings.duration:g} s "
+          f"({settings.rounds} interleaved rounds); results to {settings.out}",
+          file=sys.stderr, flush=True)
+    try:
+        data = run_benchmark(settings)
+    except KeyboardInterrupt:
+        print("interrupted: the cluster was destroyed", file=sys.stderr)
+        return 130
+    settings.out.mkdir(parents=True, exist_ok=True)
+    (settings.out / "bench.json").write_text(json.dumps(data, indent=2) + "\n")
+    report.print_report(data)
+    png = report.write_chart(data, settings.out / "bench.png")
+    print(f"wrote {settings.out / 'bench.json'}" + (f" and {png}" if png else
+                                                    " (no chart: matplotlib is not installed)"))
+    errors = [c for c in data["comparisons"] if c["errors"]]
+    return 1 if errors else 0

@@ -1,0 +1,61 @@
+"""Smoke run of the benchmark runner (``python -m benchmarks --quick``) so that it cannot rot.
+
+It starts a real 3-node cluster with proxies and drives pgbench for a few seconds. It checks that
+the run completes and reports what it should; it never asserts anything about timings.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(shutil.which("pgbench") is None, reason="pgbench is not installed"),
+]
+
+
+def test_quick_benchmark_run() -> None:
+    out = Path(tempfile.mkdtemp(prefix="replicate-bench-smoke-"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "benchmarks", "--quick", "--out", str(out)],
+                                cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        data = json.loads((out / "bench.json").read_text())
+        assert data["meta"]["quick"] and data["meta"]["fsync"]
+        assert set(data["meta"]["workloads"]) == {"W2", "W4"}
+        comparisons = {c["workload"]: c for c in data["comparisons"]}
+        assert set(comparisons) == {"W2", "W4"}
+        for c in comparisons.values():
+            assert c["mode"] == "simple" and c["clients"] == 1
+            assert c["direct_tps"] > 0 and c["proxied_tps"] > 0, c
+            assert c["tps_ratio"] is not None and c["errors"] == [], c
+            assert c["proxied_p50_ms"] is not None and c["proxied_p99_ms"] is not None
+        # per-configuration measurements are present (values are not judged)
+        w2 = next(r for r in data["results"] if r["workload"] == "W2" and r["target"] == "proxied")
+        assert w2["transactions"] > 0 and w2["proxy_cpu_s_per_1k"] is not None
+        assert set(w2["wal_syncs_per_1k"]) == {"n1", "n2", "n3"}
+        assert {t["workload"] for t in data["targets"]} == {"W2", "W4"}
+        assert data["check"]["exit_code"] == 0, data["check"]
+        assert "W2" in result.stdout and "ratio" in result.stdout  # the table on stdout
+        png = out / "bench.png"
+        if _has_matplotlib():
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def _has_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
