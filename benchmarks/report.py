@@ -87,20 +87,64 @@ def write_chart(data: dict, path: Path) -> Path | None:
                     continue
                 label = f"{key} {'direct' if target == 'direct' else 'replicated'}"
                 ax.plot([p[0] for p in pts], [max(p[1], 0.1) for p in pts], style,
-                        marker="o", color=colors.get(key, "black"), label=label)
+                        marker="o" if target == "proxied" else "s",
+                        fillstyle="full" if target == "proxied" else "none",
+                        color=colors.get(key, "black"), label=label)
         ax.set_title(f"pgbench -M {mode}")
         ax.set_xlabel("clients")
         ax.set_xscale("log", base=2)
         ax.set_xticks(data["meta"]["clients"], [str(c) for c in data["meta"]["clients"]])
         ax.set_yscale("log")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("throughput (transactions/s, log scale)")
     meta = data["meta"]
-    fig.suptitle(f"replicate (3 nodes, fsync on) vs direct PostgreSQL {meta['postgresql']}, "
-                 f"{meta['started']}")
-    fig.tight_layout()
+    fig.suptitle(f"replicate (3 nodes, fsync on) vs direct PostgreSQL "
+                 f"{meta['postgresql'].split()[0]}, {meta['started'][:16]}Z", fontsize=10)
+    handles, labels = {}, []
+    for ax in axes[0]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab, h)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", fontsize=8,
+               ncol=min(4, len(handles)) or 1, frameon=False)
+    rows = (len(handles) + 3) // 4
+    fig.tight_layout(rect=(0, 0.05 * rows, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def markdown(data: dict) -> str:
+    """The numbers and the targets as Markdown tables (for BENCHMARKS.md)."""
+    meta = data["meta"]
+    results = {(r["workload"], r["mode"], r["clients"], r["target"]): r for r in data["results"]}
+    lines = ["| workload | mode | clients | direct tps | proxied tps | ratio | direct p50 / p99 ms "
+             "| proxied p50 / p99 ms | p50 x | WAL syncs/1k direct | WAL syncs/1k proxied "
+             "(n1/n2/n3) | proxy CPU s/1k |",
+             "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for c in data["comparisons"]:
+        d = results.get((c["workload"].split("-")[0], c["mode"], c["clients"], "direct"), {})
+        direct_wal = (d.get("wal_syncs_per_1k") or {}).get(meta["node"])
+        err = f" ({'; '.join(c['errors'])})" if c["errors"] else ""
+        lines.append(
+            f"| {c['workload']}{err} | {c['mode']} | {c['clients']} | {_f(c['direct_tps'], 0)} "
+            f"| {_f(c['proxied_tps'], 0)} | {_f(c['tps_ratio'], 3)} "
+            f"| {_f(c['direct_p50_ms'], 2)} / {_f(c['direct_p99_ms'], 2)} "
+            f"| {_f(c['proxied_p50_ms'], 2)} / {_f(c['proxied_p99_ms'], 2)} "
+            f"| {_f(c['p50_ratio'], 1)} | {_f(direct_wal, 0)} "
+            f"| {_wal(c['proxied_wal_syncs_per_1k'])} | {_f(c['proxy_cpu_s_per_1k'], 2)} |")
+    lines += ["", "| target | mode | clients | now | goal | met |", "|---|---|--:|--:|--:|---|"]
+    for t in data["targets"]:
+        met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
+        lines.append(f"| {t['target']} | {t['mode']} | {t['clients']} | {_f(t['value'], 3)} "
+                     f"| {t['goal']} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else (
+        Path(__file__).resolve().parent / "results" / "bench.json")
+    print(markdown(json.loads(source.read_text())), end="")
