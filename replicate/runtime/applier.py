@@ -118,6 +118,10 @@ class LocalApplyError(ReplicateError):
     sqlstate = "58000"
 
 
+class _NeedSavepoints(Exception):
+    """A deterministic error in the fast path: apply the batch again, entry by entry."""
+
+
 class ApplyGap(LocalApplyError):
     """The node's applied slot is not the one before the batch.
 
@@ -188,6 +192,7 @@ class Applier:
         self.connect_timeout = connect_timeout
         self.apply_timeout_ms = apply_timeout_ms
         self._conn: psycopg.AsyncConnection | None = None
+        self._session_key: tuple | None = None
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -216,8 +221,14 @@ class Applier:
         except psycopg.Error as exc:
             raise LocalApplyError(f"cannot connect to the local node: {exc}") from None
         try:
-            async with conn.transaction():
-                return await self._apply(conn, entries)
+            try:
+                # Fast: no savepoint per entry. A deterministic error is rare; it sends the
+                # whole batch through the careful path, where each entry has its savepoint.
+                async with conn.transaction():
+                    return await self._apply(conn, entries, careful=False)
+            except _NeedSavepoints:
+                async with conn.transaction():
+                    return await self._apply(conn, entries, careful=True)
         except LocalApplyError:
             raise
         except psycopg.Error as exc:
@@ -225,9 +236,10 @@ class Applier:
                                   f"({exc.sqlstate or 'no SQLSTATE'}): {exc}",
                                   sqlstate=exc.sqlstate or "58000") from None
 
-    async def _apply(self, conn: psycopg.AsyncConnection,
-                     entries: Sequence[ChosenEntry]) -> list[Outcome]:
+    async def _apply(self, conn: psycopg.AsyncConnection, entries: Sequence[ChosenEntry], *,
+                     careful: bool) -> list[Outcome]:
         cur = AsyncRawCursor(conn)
+        self._session_key = None  # role and settings set in this transaction
         await cur.execute("SELECT slot FROM replicate.applied FOR UPDATE")
         row = await cur.fetchone()
         applied = int(row[0]) if row else 0
@@ -241,6 +253,10 @@ class Applier:
                           "set_config('statement_timeout', $2, true)",
                           [str(self.apply_timeout_ms), str(4 * self.apply_timeout_ms)])
         await cur.execute(_RESTORE_SEQUENCES)
+        ids = [c.value.request_id for c in entries if not c.value.is_noop]
+        await cur.execute("SELECT request_id, slot FROM replicate.requests "
+                          "WHERE request_id = ANY($1::text[])", [ids])
+        applied_before = {rid: int(slot) for rid, slot in await cur.fetchall()}
         seen: dict[str, int] = {}
         records: list[_Record] = []
         for chosen in entries:
@@ -249,12 +265,7 @@ class Applier:
             if value.is_noop:
                 records.append(_Record(Outcome(chosen.slot, "", Status.NOOP)))
                 continue
-            earlier = seen.get(rid)
-            if earlier is None:
-                await cur.execute("SELECT slot FROM replicate.requests WHERE request_id = $1",
-                                  [rid])
-                found = await cur.fetchone()
-                earlier = int(found[0]) if found else None
+            earlier = seen.get(rid, applied_before.get(rid))
             if earlier is not None:
                 records.append(_Record(await self._duplicate(cur, chosen.slot, rid, earlier,
                                                              records)))
@@ -268,25 +279,34 @@ class Applier:
                 continue
             if entry.kind is EntryKind.CONTROL:
                 records.append(await self._control(cur, chosen.slot, rid, entry))
+                self._session_key = None
                 continue
-            records.append(await self._statement(cur, chosen.slot, rid, entry))
+            records.append(await self._statement(cur, chosen.slot, rid, entry, careful))
         await self._record(cur, records)
         await cur.execute("DELETE FROM replicate.sequence_state")  # only registered tables
         await cur.execute(_SAVE_SEQUENCES)
         await cur.execute("UPDATE replicate.applied SET slot = $1", [entries[-1].slot])
         return [r.outcome for r in records]
 
-    async def _statement(self, cur: AsyncRawCursor, slot: int, rid: str, entry: Entry) -> _Record:
-        settings = dict(CANONICAL_SETTINGS)
-        settings.update(entry.settings)
-        await cur.execute("SAVEPOINT replicate_entry")
+    async def _statement(self, cur: AsyncRawCursor, slot: int, rid: str, entry: Entry,
+                         careful: bool) -> _Record:
+        key = (entry.role, entry.settings)
+        if careful:
+            await cur.execute("SAVEPOINT replicate_entry")
         try:
-            await cur.execute(_PRELUDE, [entry.role or "none", *settings.values()])
+            if key != self._session_key:  # most entries share their predecessor's settings
+                settings = dict(CANONICAL_SETTINGS)
+                settings.update(entry.settings)
+                await cur.execute(_PRELUDE, [entry.role or "none", *settings.values()])
+                self._session_key = key
             await cur.execute(entry.sql, _params(entry), binary=entry.binary_results)
         except psycopg.Error as exc:
             if not is_deterministic(exc.sqlstate):
                 raise
+            if not careful:
+                raise _NeedSavepoints() from None
             await cur.execute("ROLLBACK TO SAVEPOINT replicate_entry")
+            self._session_key = None  # the rollback undid the settings made after it
             diag = exc.diag
             return _Record(Outcome(slot, rid, Status.ERROR, sqlstate=exc.sqlstate,
                                    message=diag.message_primary or str(exc),
@@ -302,7 +322,8 @@ class Applier:
                          for r in range(result.ntuples))
         tag = cur.statusmessage
         rowcount = cur.rowcount if cur.rowcount >= 0 else None
-        await cur.execute("RELEASE SAVEPOINT replicate_entry")
+        if careful:
+            await cur.execute("RELEASE SAVEPOINT replicate_entry")
         return _Record(Outcome(slot, rid, Status.OK, tag, rowcount, columns, rows),
                        rows_digest(rows) if columns else None)
 

@@ -1,0 +1,81 @@
+"""The applier on a real node: one transaction per batch, deterministic errors recorded."""
+
+import asyncio
+
+import psycopg
+import pytest
+
+from replicate.command import Entry, Param, Status
+from replicate.paxos.messages import NOOP, ChosenEntry, Value
+from replicate.runtime.applier import ApplyGap, Applier
+from replicate.runtime.schema import install
+
+pytestmark = pytest.mark.e2e
+
+
+def chosen(slot: int, rid: str, sql: str, *params: bytes) -> ChosenEntry:
+    return ChosenEntry(slot, Value(rid, Entry(sql, tuple(Param(p) for p in params)).encode()))
+
+
+@pytest.fixture
+def node(fresh_db):
+    dsn = fresh_db[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        install(conn)
+        conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+    return dsn
+
+
+def apply(dsn: str, entries) -> list:
+    async def run():
+        applier = Applier(dsn, apply_timeout_ms=1000)
+        try:
+            return await applier.apply(entries)
+        finally:
+            await applier.close()
+    return asyncio.run(run())
+
+
+def test_batch_with_an_error_in_the_middle(node) -> None:
+    insert = "INSERT INTO t VALUES ($1, $2) RETURNING v"
+    outcomes = apply(node, [chosen(1, "a", insert, b"1", b"one"),
+                            chosen(2, "b", insert, b"1", b"dup"),
+                            ChosenEntry(3, NOOP),
+                            chosen(4, "c", insert, b"2", b"two"),
+                            chosen(5, "a", insert, b"3", b"retried a")])
+    assert [o.status for o in outcomes] == [Status.OK, Status.ERROR, Status.NOOP, Status.OK,
+                                            Status.DUPLICATE]
+    assert outcomes[0].rows == ((b"one",),) and outcomes[3].command_tag == "INSERT 0 1"
+    assert outcomes[1].sqlstate == "23505"
+    assert outcomes[4].command_tag == "INSERT 0 1" and outcomes[4].ok  # the first one's outcome
+    with psycopg.connect(node) as conn:
+        assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [(1, "one"),
+                                                                              (2, "two")]
+        assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (5,)
+        assert conn.execute("SELECT slot, status, sqlstate FROM replicate.outcomes ORDER BY slot"
+                            ).fetchall() == [(1, "ok", None), (2, "error", "23505"),
+                                             (3, "noop", None), (4, "ok", None),
+                                             (5, "duplicate", None)]
+
+
+def test_settings_and_role_apply_per_entry(node) -> None:
+    with psycopg.connect(node, autocommit=True) as conn:
+        conn.execute("CREATE TABLE ts (id int PRIMARY KEY, at text, who text)")
+    sql = "INSERT INTO ts VALUES ($1, '2026-01-01 12:00:00+00'::timestamptz::text, current_user)"
+    east = Entry(sql, (Param(b"1"),), settings=(("TimeZone", "Asia/Tokyo"),))
+    west = Entry(sql, (Param(b"2"),), settings=(("TimeZone", "America/New_York"),))
+    plain = Entry(sql, (Param(b"3"),))
+    outcomes = apply(node, [ChosenEntry(1, Value("e", east.encode())),
+                            ChosenEntry(2, Value("w", west.encode())),
+                            ChosenEntry(3, Value("p", plain.encode()))])
+    assert all(o.ok for o in outcomes)
+    with psycopg.connect(node) as conn:
+        rows = conn.execute("SELECT id, at FROM ts ORDER BY id").fetchall()
+    assert rows == [(1, "2026-01-01 21:00:00+09"), (2, "2026-01-01 07:00:00-05"),
+                    (3, "2026-01-01 12:00:00+00")]  # the canonical UTC, not the node's zone
+
+
+def test_gap_is_reported(node) -> None:
+    with pytest.raises(ApplyGap) as info:
+        apply(node, [chosen(3, "x", "INSERT INTO t VALUES (9, 'x')")])
+    assert info.value.node_applied == 0
