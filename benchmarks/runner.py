@@ -564,7 +564,7 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--clients", help="comma-separated client counts (default 1,8,32)")
     p.add_argument("--modes", help="pgbench -M modes (default simple,prepared)")
     p.add_argument("--workloads", help="groups to run, of W1,W2,W3,W4 (default all)")
-    p.add_argument("--duration", type=float, help="seconds per pgbench run (default 3)")
+    p.add_argument("--duration", type=int, help="whole seconds per pgbench run (default 3)")
     p.add_argument("--rounds", type=int, help="interleaved rounds (default 2)")
     p.add_argument("--rows", type=int, help="rows preloaded (default 10000)")
     p.add_argument("--via", choices=["leader", "follower"], default="leader",
@@ -587,7 +587,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         p.error("modes are simple, extended, prepared")
     settings = Settings(
         clients=ints(a.clients or ("1" if q else "1,8,32")), modes=modes, groups=groups,
-        duration=a.duration or (2.0 if q else 3.0), rounds=a.rounds or (1 if q else 2),
+        duration=float(a.duration or (2 if q else 3)), rounds=a.rounds or (1 if q else 2),
         rows=a.rows or (1000 if q else 10000), via=a.via,
         out=a.out or (Path(tempfile.gettempdir()) / "replicate-bench-quick" if q
                       else DEFAULT_OUT),
