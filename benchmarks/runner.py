@@ -585,15 +585,20 @@ def parse_args(argv: list[str] | None) -> Settings:
     modes = [m.strip() for m in (a.modes or ("simple" if q else "simple,prepared")).split(",")]
     if any(m not in ("simple", "extended", "prepared") for m in modes):
         p.error("modes are simple, extended, prepared")
+    def given(value, default):
+        return default if value is None else value
+
     settings = Settings(
-        clients=ints(a.clients or ("1" if q else "1,8,32")), modes=modes, groups=groups,
-        duration=float(a.duration or (2 if q else 3)), rounds=a.rounds or (1 if q else 2),
-        rows=a.rows or (1000 if q else 10000), via=a.via,
+        clients=ints(given(a.clients, "1" if q else "1,8,32")), modes=modes, groups=groups,
+        duration=float(given(a.duration, 2 if q else 3)), rounds=given(a.rounds, 1 if q else 2),
+        rows=given(a.rows, 1000 if q else 10000), via=a.via,
         out=a.out or (Path(tempfile.gettempdir()) / "replicate-bench-quick" if q
                       else DEFAULT_OUT),
         quick=q)
     if settings.duration < 1 or settings.duration > 600:
         p.error("--duration must be between 1 and 600 seconds")
+    if settings.rounds < 1 or settings.rows < 1 or not settings.clients:
+        p.error("--rounds, --rows and --clients need at least 1")
     if any(c < 1 or c > 64 for c in settings.clients):
         p.error("client counts must be between 1 and 64 (the nodes allow 100 connections)")
     return settings
