@@ -115,37 +115,8 @@ BEGIN
 END
 $fn$;
 
--- Commit(b, commit_upto): mark chosen every slot <= commit_upto accepted under b, whatever
--- the promise is (the message states a fact about ballot b); then ok = (b >= promise).
-CREATE OR REPLACE FUNCTION replicate.commit(p_round bigint, p_proposer integer,
-                                            p_commit_upto bigint)
-RETURNS TABLE (ok boolean, promised_round bigint, promised_proposer integer)
-LANGUAGE plpgsql
-AS $fn$
-#variable_conflict use_column
-DECLARE
-    v_round    bigint;
-    v_proposer integer;
-BEGIN
-    IF p_round IS NULL OR p_round < 0 OR p_proposer IS NULL OR p_proposer < 0
-       OR p_commit_upto IS NULL OR p_commit_upto < 0 THEN
-        RAISE EXCEPTION 'replicate.commit: invalid arguments (%, %, %)',
-                        p_round, p_proposer, p_commit_upto USING ERRCODE = '22023';
-    END IF;
-    SELECT a.promised_round, a.promised_proposer INTO v_round, v_proposer
-      FROM replicate.acceptor a WHERE a.id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'replicate.acceptor has no row' USING ERRCODE = '55000',
-              HINT = 'run `replicate init` to repair the replicate schema';
-    END IF;
-    IF p_commit_upto > 0 THEN
-        UPDATE replicate.log l SET chosen = true
-         WHERE NOT l.chosen AND l.slot <= p_commit_upto
-           AND l.ballot_round = p_round AND l.ballot_proposer = p_proposer;
-    END IF;
-    RETURN QUERY SELECT (p_round, p_proposer) >= (v_round, v_proposer), v_round, v_proposer;
-END
-$fn$;
+-- Commit(b, commit_upto) is defined in 005_async_commit.sql (schema version 4), its only
+-- definition: it commits asynchronously since then, and a fresh install runs every file.
 
 -- Fetch(from_slot, limit): the first `limit` chosen entries at slot >= from_slot, ascending.
 -- Reads only; takes no lock (a chosen entry never changes its value).

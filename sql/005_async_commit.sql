@@ -7,6 +7,9 @@
 -- A mark lost in a crash only delays learners until the leader's next Commit (or a new
 -- leader's recovery) marks the slot again; WAL order guarantees a surviving mark's accept
 -- survived too. The reply's meaning is unchanged, so the differential test still applies.
+--
+-- Commit(b, commit_upto): mark chosen every slot <= commit_upto accepted under b, whatever
+-- the promise is (the message states a fact about ballot b); then ok = (b >= promise).
 CREATE OR REPLACE FUNCTION replicate.commit(p_round bigint, p_proposer integer,
                                             p_commit_upto bigint)
 RETURNS TABLE (ok boolean, promised_round bigint, promised_proposer integer)
