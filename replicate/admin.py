@@ -110,7 +110,8 @@ class NoProxy(NodeUnavailable):
     """No proxy accepted a connection: nothing was submitted."""
 
 
-def _submit(config: ClusterConfig, entry: Entry) -> tuple[str, Outcome]:
+def submit(config: ClusterConfig, entry: Entry) -> tuple[str, Outcome]:
+    """Submit ``entry`` through the first proxy that answers: (that proxy's node, outcome)."""
     request_id = f"admin-{uuid.uuid4()}"
 
     async def call(client: ProxyClient) -> Outcome:
@@ -651,7 +652,7 @@ def add_table(config: ClusterConfig, table: str, *, copy_from: str | None = None
         for conn in conns.values():
             conn.close()
     try:
-        via, outcome = _submit(config, register_table(fp.qualified))
+        via, outcome = submit(config, register_table(fp.qualified))
     except NoProxy:
         _drop_guards_again(config, fp, created)
         raise
@@ -719,7 +720,7 @@ def remove_table(config: ClusterConfig, table: str) -> RemoveResult:
         raise ReplicateError(f"table {table} does not exist on {node.name}", sqlstate="42P01")
     if fp.registered_since is None and not fp.guarded:
         return RemoveResult(fp.qualified, False)
-    via, outcome = _submit(config, unregister_table(fp.qualified))
+    via, outcome = submit(config, unregister_table(fp.qualified))
     _raise_for(outcome, f"unregistering {fp.qualified}")
     return RemoveResult(fp.qualified, True, outcome.slot, via)
 

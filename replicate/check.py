@@ -12,7 +12,6 @@ buckets, which records one hash per row, to name the keys of the rows that diffe
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import time
 import uuid
@@ -20,11 +19,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from replicate.admin import submit
 from replicate.command import check_tables
 from replicate.config import ClusterConfig
 from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.gate.catalog import TableName
-from replicate.runtime.client import ProxyClient
 
 MAX_ROWS_SHOWN = 20
 
@@ -122,21 +121,13 @@ def registered_tables(config: ClusterConfig) -> list[str]:
     raise NodeUnavailable("no node of the cluster answered", detail="; ".join(errors))
 
 
-async def _submit(config: ClusterConfig, entry) -> int:
-    errors = []
-    for node in config.nodes:
-        try:
-            async with ProxyClient(node.proxy_host, node.proxy_port) as client:
-                outcome = await client.submit(entry, timeout=config.write_timeout_s)
-        except (ReplicateError, OSError, asyncio.TimeoutError) as exc:
-            errors.append(f"{node.name}: {exc}")
-            continue
-        if not outcome.ok:
-            raise ReplicateError(f"the check failed: {outcome.message}",
-                                 sqlstate=outcome.sqlstate or "XX000")
-        return outcome.slot
-    raise NodeUnavailable("no proxy accepted the check (is a majority of nodes up?)",
-                          detail="; ".join(errors), sqlstate="57P03")
+def _submit_check(config: ClusterConfig, entry) -> int:
+    """The slot of a check entry, submitted through the first proxy that answers."""
+    _, outcome = submit(config, entry)
+    if not outcome.ok:
+        raise ReplicateError(f"the check failed: {outcome.message}",
+                             sqlstate=outcome.sqlstate or "XX000")
+    return outcome.slot
 
 
 def _collect(config: ClusterConfig, slot: int, sql: str, check_id: str, timeout: float,
@@ -178,7 +169,7 @@ def run_check(config: ClusterConfig, table: str | None = None, *,
     check_id = uuid.uuid4().hex[:12]
     if not tables:
         return CheckReport(check_id, None, [], {})
-    slot = asyncio.run(_submit(config, check_tables(check_id, tables)))
+    slot = _submit_check(config, check_tables(check_id, tables))
     unchecked: dict[str, str] = {}
     rows = _collect(config, slot, "SELECT table_name, bucket, row_count, hash FROM "
                     "replicate.check_results WHERE check_id = %s", check_id, wait_s, unchecked)
@@ -190,8 +181,8 @@ def run_check(config: ClusterConfig, table: str | None = None, *,
     narrow = [r for r in reports if r.differing_buckets]
     for report in narrow:
         second = uuid.uuid4().hex[:12]
-        slot2 = asyncio.run(_submit(config, check_tables(second, [report.table],
-                                                         report.differing_buckets)))
+        slot2 = _submit_check(config, check_tables(second, [report.table],
+                                                   report.differing_buckets))
         found = _collect(config, slot2, "SELECT row_key, row_hash FROM replicate.check_rows "
                          "WHERE check_id = %s", second, wait_s, unchecked)
         report.differing_rows = diff_rows({n: dict(r) for n, r in found.items()})
