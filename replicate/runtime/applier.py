@@ -1,15 +1,20 @@
 """The applier: chosen log entries into the local PostgreSQL node, in slot order, exactly once.
 
-One transaction per batch of consecutive chosen slots (DESIGN.md "Applying"):
+One transaction per batch of consecutive chosen slots (DESIGN.md "Applying"). In it:
+``replicate.applying = on`` (the guard trigger lets the write through) and
+``synchronous_commit = off`` (safe: the durable log replays); each entry's role and
+result-changing settings (fixed defaults where the entry has none, so node configuration never
+leaks into results); the statement with its bind parameters exactly as the client sent them;
+and, per slot, the outcome row, the request id and the new applied slot, so a slot is applied
+exactly once across crashes.
 
-1. ``SET LOCAL replicate.applying = on`` (the guard trigger lets the write
-   through) and ``synchronous_commit = off`` (safe: the durable log replays);
-2. per entry, a savepoint; the entry's role and result-changing settings
-   (fixed defaults where the entry has none, so node configuration never
-   leaks into results); the statement with its bind parameters exactly as
-   the client sent them;
-3. per slot, the outcome row, the request id, and the new applied slot, all
-   in the same transaction, so a slot is applied exactly once across crashes.
+Two paths. The **pipelined** path (the common case) sends the whole batch in one pipeline:
+``replicate.apply_begin`` (checks the slot is next, sets the settings, restores sequences,
+refuses request ids applied before), the statements, then ``replicate.apply_finish`` and
+COMMIT: two round trips per batch, whatever its size (sql/006_apply.sql). The **careful** path
+runs each entry in a savepoint and looks request ids up first; it takes batches with control
+entries, repeated request ids or undecodable payloads, and any batch the pipelined path rolled
+back because a statement raised a deterministic error or a request id was applied before.
 
 Errors split in two. A deterministic error (the classes in
 ``DETERMINISTIC_CLASSES``: data, integrity, syntax and privilege ...) happens
@@ -70,26 +75,10 @@ _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
     f"set_config('{name}', ${i + 2}, true)" for i, name in enumerate(CANONICAL_SETTINGS))
 
 
-# nextval() is not transactional: a batch rolled back for a local reason, or crash recovery,
-# can leave a sequence ahead on one node. Each batch first puts every sequence owned by a
-# registered table back to the state committed with the applied slot, and records the new
-# state in the same transaction (sql/003_sequences.sql); a table unregistered in the batch
-# drops out of that state, so its sequence is left alone afterwards.
-_RESTORE_SEQUENCES = """
-SELECT setval(to_regclass(sequence_name), last_value, is_called)
-FROM replicate.sequence_state
-WHERE to_regclass(sequence_name) IS NOT NULL"""
-_SAVE_SEQUENCES = """
-INSERT INTO replicate.sequence_state (sequence_name, last_value, is_called)
-SELECT DISTINCT quote_ident(s.schemaname) || '.' || quote_ident(s.sequencename),
-       coalesce(s.last_value, s.start_value), s.last_value IS NOT NULL
-FROM replicate.registered_tables r
-JOIN pg_depend d ON d.refobjid = to_regclass(r.table_name)
-                AND d.refclassid = 'pg_class'::regclass AND d.classid = 'pg_class'::regclass
-                AND d.deptype IN ('a', 'i')
-JOIN pg_class c ON c.oid = d.objid AND c.relkind = 'S'
-JOIN pg_namespace n ON n.oid = c.relnamespace
-JOIN pg_sequences s ON s.schemaname = n.nspname AND s.sequencename = c.relname"""
+# The bookkeeping of a batch, in the node (sql/006_apply.sql): outcomes, request ids, the
+# state of registered tables' sequences (nextval() is not transactional, see
+# sql/003_sequences.sql) and the applied slot, in the transaction that applied the batch.
+_FINISH = "SELECT replicate.apply_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
 CHECK_BUCKETS = 256        # key-hash buckets per table in a consistency check
@@ -118,8 +107,9 @@ class LocalApplyError(ReplicateError):
     sqlstate = "58000"
 
 
-class _NeedSavepoints(Exception):
-    """A deterministic error in the fast path: apply the batch again, entry by entry."""
+class _NeedCareful(Exception):
+    """The pipelined path cannot apply this batch (a deterministic error, a repeated request
+    id): it was rolled back; apply it again entry by entry with savepoints."""
 
 
 class ApplyGap(LocalApplyError):
@@ -183,6 +173,65 @@ class _Record:
     digest: bytes | None = None
 
 
+def _prelude_params(entry: Entry) -> list[str]:
+    settings = dict(CANONICAL_SETTINGS)
+    settings.update(entry.settings)
+    return [entry.role or "none", *settings.values()]
+
+
+def _decode(entries: Sequence[ChosenEntry]) -> list[Entry | None] | None:
+    """The entries of a batch the pipelined path can apply (None for a no-op), or None if the
+    batch needs the careful path: a control entry, a request id twice, undecodable bytes."""
+    out: list[Entry | None] = []
+    ids: set[str] = set()
+    for chosen in entries:
+        value = chosen.value
+        if value.is_noop:
+            out.append(None)
+            continue
+        if value.request_id in ids:
+            return None
+        ids.add(value.request_id)
+        try:
+            entry = Entry.decode(value.payload)
+        except ValueError:
+            return None
+        if entry.kind is EntryKind.CONTROL:
+            return None
+        out.append(entry)
+    return out
+
+
+def _undecodable(slot: int, rid: str, exc: ValueError) -> _Record:
+    return _Record(Outcome(slot, rid, Status.ERROR, sqlstate="XX001", message=str(exc)))
+
+
+def _result(cur: AsyncRawCursor, slot: int, rid: str) -> _Record:
+    """The outcome of the statement ``cur`` just ran."""
+    result = cur.pgresult
+    columns: tuple[Column, ...] = ()
+    rows: tuple[tuple[bytes | None, ...], ...] = ()
+    if result is not None and result.nfields:
+        columns = tuple(Column(result.fname(i).decode(), result.ftype(i), result.fmod(i),
+                               result.fsize(i), bool(result.fformat(i)))
+                        for i in range(result.nfields))
+        rows = tuple(tuple(result.get_value(r, c) for c in range(result.nfields))
+                     for r in range(result.ntuples))
+    rowcount = cur.rowcount if cur.rowcount >= 0 else None
+    return _Record(Outcome(slot, rid, Status.OK, cur.statusmessage, rowcount, columns, rows),
+                   rows_digest(rows) if columns else None)
+
+
+def _finish_params(last_slot: int, records: list[_Record]) -> list[Any]:
+    outs = [r.outcome for r in records]
+    return [last_slot, [o.slot for o in outs], [o.request_id for o in outs],
+            [o.status.value for o in outs], [o.command_tag for o in outs],
+            [o.rows_affected for o in outs], [o.sqlstate for o in outs],
+            [o.message for o in outs], [o.detail for o in outs], [o.hint for o in outs],
+            [r.digest for r in records]]
+
+
+
 class Applier:
     """Applies batches of chosen entries to one node over one connection."""
 
@@ -197,7 +246,7 @@ class Applier:
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             conn = await psycopg.AsyncConnection.connect(
-                self.dsn, connect_timeout=max(1, int(self.connect_timeout)),
+                self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
                 application_name="replicate applier")
             conn.adapters.register_dumper(_RawParam, _RawDumper)
             self._conn = conn
@@ -221,14 +270,14 @@ class Applier:
         except psycopg.Error as exc:
             raise LocalApplyError(f"cannot connect to the local node: {exc}") from None
         try:
-            try:
-                # Fast: no savepoint per entry. A deterministic error is rare; it sends the
-                # whole batch through the careful path, where each entry has its savepoint.
-                async with conn.transaction():
-                    return await self._apply(conn, entries, careful=False)
-            except _NeedSavepoints:
-                async with conn.transaction():
-                    return await self._apply(conn, entries, careful=True)
+            decoded = _decode(entries)
+            if decoded is not None:
+                try:
+                    return await self._apply_pipelined(conn, entries, decoded)
+                except _NeedCareful:
+                    pass
+            async with conn.transaction():
+                return await self._apply_careful(conn, entries)
         except LocalApplyError:
             raise
         except psycopg.Error as exc:
@@ -236,23 +285,64 @@ class Applier:
                                   f"({exc.sqlstate or 'no SQLSTATE'}): {exc}",
                                   sqlstate=exc.sqlstate or "58000") from None
 
-    async def _apply(self, conn: psycopg.AsyncConnection, entries: Sequence[ChosenEntry], *,
-                     careful: bool) -> list[Outcome]:
+    async def _apply_pipelined(self, conn: psycopg.AsyncConnection,
+                               entries: Sequence[ChosenEntry],
+                               decoded: list[Entry | None]) -> list[Outcome]:
+        """The common case in two round trips (sql/006_apply.sql): no savepoints, no lookups.
+
+        Raises ``_NeedCareful`` (after rolling back) when the batch needs the careful path: a
+        deterministic error in a statement, or a request id applied before.
+        """
+        ids = [c.value.request_id for c in entries if not c.value.is_noop]
+        work: list[tuple[ChosenEntry, Entry | None, AsyncRawCursor | None]] = []
+        try:
+            # Autocommit connection, explicit BEGIN and COMMIT: psycopg syncs the pipeline
+            # only where asked (after the statements) and when the block ends.
+            async with conn.pipeline() as pipeline:
+                await AsyncRawCursor(conn).execute("BEGIN")
+                await AsyncRawCursor(conn).execute(
+                    "SELECT replicate.apply_begin($1, $2::text[], $3)",
+                    [entries[0].slot, ids, self.apply_timeout_ms])
+                key: tuple | None = None
+                for chosen, entry in zip(entries, decoded):
+                    if entry is None:
+                        work.append((chosen, None, None))
+                        continue
+                    if (entry.role, entry.settings) != key:
+                        key = (entry.role, entry.settings)
+                        await AsyncRawCursor(conn).execute(_PRELUDE, _prelude_params(entry))
+                    cur = AsyncRawCursor(conn)
+                    await cur.execute(entry.sql, _params(entry), binary=entry.binary_results)
+                    work.append((chosen, entry, cur))
+                await pipeline.sync()
+                records = [_Record(Outcome(chosen.slot, "", Status.NOOP)) if cur is None
+                           else _result(cur, chosen.slot, chosen.value.request_id)
+                           for chosen, _, cur in work]
+                await AsyncRawCursor(conn).execute(_FINISH, _finish_params(entries[-1].slot,
+                                                                           records))
+                await AsyncRawCursor(conn).execute("COMMIT")
+        except psycopg.Error as exc:
+            if not conn.broken:
+                await conn.rollback()  # also forgets statements prepared in the failed pipeline
+            if exc.sqlstate == "RP001":
+                raise ApplyGap(int(exc.diag.message_detail or 0), entries[0].slot) from None
+            if exc.sqlstate == "RP002" or is_deterministic(exc.sqlstate):
+                raise _NeedCareful() from None
+            raise
+        return [r.outcome for r in records]
+
+    async def _apply_careful(self, conn: psycopg.AsyncConnection,
+                             entries: Sequence[ChosenEntry]) -> list[Outcome]:
+        """Entry by entry, each in a savepoint: deterministic errors, repeats, control entries."""
         cur = AsyncRawCursor(conn)
         self._session_key = None  # role and settings set in this transaction
-        await cur.execute("SELECT slot FROM replicate.applied FOR UPDATE")
-        row = await cur.fetchone()
-        applied = int(row[0]) if row else 0
-        if entries[0].slot != applied + 1:
-            raise ApplyGap(applied, entries[0].slot)
-        # A lock held on this node past the apply timeout stalls it (a local cause); a
-        # statement may run longer than that before it counts as stuck.
-        await cur.execute("SELECT set_config('replicate.applying', 'on', true), "
-                          "set_config('synchronous_commit', 'off', true), "
-                          "set_config('lock_timeout', $1, true), "
-                          "set_config('statement_timeout', $2, true)",
-                          [str(self.apply_timeout_ms), str(4 * self.apply_timeout_ms)])
-        await cur.execute(_RESTORE_SEQUENCES)
+        try:
+            await cur.execute("SELECT replicate.apply_begin($1, NULL, $2)",
+                              [entries[0].slot, self.apply_timeout_ms])
+        except psycopg.Error as exc:
+            if exc.sqlstate == "RP001":
+                raise ApplyGap(int(exc.diag.message_detail or 0), entries[0].slot) from None
+            raise
         ids = [c.value.request_id for c in entries if not c.value.is_noop]
         await cur.execute("SELECT request_id, slot FROM replicate.requests "
                           "WHERE request_id = ANY($1::text[])", [ids])
@@ -274,58 +364,37 @@ class Applier:
             try:
                 entry = Entry.decode(value.payload)
             except ValueError as exc:  # the same bytes fail the same way everywhere
-                records.append(_Record(Outcome(chosen.slot, rid, Status.ERROR, sqlstate="XX001",
-                                               message=str(exc))))
+                records.append(_undecodable(chosen.slot, rid, exc))
                 continue
             if entry.kind is EntryKind.CONTROL:
                 records.append(await self._control(cur, chosen.slot, rid, entry))
                 self._session_key = None
                 continue
-            records.append(await self._statement(cur, chosen.slot, rid, entry, careful))
-        await self._record(cur, records)
-        await cur.execute("DELETE FROM replicate.sequence_state")  # only registered tables
-        await cur.execute(_SAVE_SEQUENCES)
-        await cur.execute("UPDATE replicate.applied SET slot = $1", [entries[-1].slot])
+            records.append(await self._statement(cur, chosen.slot, rid, entry))
+        await cur.execute(_FINISH, _finish_params(entries[-1].slot, records))
         return [r.outcome for r in records]
 
-    async def _statement(self, cur: AsyncRawCursor, slot: int, rid: str, entry: Entry,
-                         careful: bool) -> _Record:
+    async def _statement(self, cur: AsyncRawCursor, slot: int, rid: str,
+                         entry: Entry) -> _Record:
         key = (entry.role, entry.settings)
-        if careful:
-            await cur.execute("SAVEPOINT replicate_entry")
+        await cur.execute("SAVEPOINT replicate_entry")
         try:
             if key != self._session_key:  # most entries share their predecessor's settings
-                settings = dict(CANONICAL_SETTINGS)
-                settings.update(entry.settings)
-                await cur.execute(_PRELUDE, [entry.role or "none", *settings.values()])
+                await cur.execute(_PRELUDE, _prelude_params(entry))
                 self._session_key = key
             await cur.execute(entry.sql, _params(entry), binary=entry.binary_results)
         except psycopg.Error as exc:
             if not is_deterministic(exc.sqlstate):
                 raise
-            if not careful:
-                raise _NeedSavepoints() from None
             await cur.execute("ROLLBACK TO SAVEPOINT replicate_entry")
             self._session_key = None  # the rollback undid the settings made after it
             diag = exc.diag
             return _Record(Outcome(slot, rid, Status.ERROR, sqlstate=exc.sqlstate,
                                    message=diag.message_primary or str(exc),
                                    detail=diag.message_detail, hint=diag.message_hint))
-        result = cur.pgresult
-        columns: tuple[Column, ...] = ()
-        rows: tuple[tuple[bytes | None, ...], ...] = ()
-        if result is not None and result.nfields:
-            columns = tuple(Column(result.fname(i).decode(), result.ftype(i), result.fmod(i),
-                                   result.fsize(i), bool(result.fformat(i)))
-                            for i in range(result.nfields))
-            rows = tuple(tuple(result.get_value(r, c) for c in range(result.nfields))
-                         for r in range(result.ntuples))
-        tag = cur.statusmessage
-        rowcount = cur.rowcount if cur.rowcount >= 0 else None
-        if careful:
-            await cur.execute("RELEASE SAVEPOINT replicate_entry")
-        return _Record(Outcome(slot, rid, Status.OK, tag, rowcount, columns, rows),
-                       rows_digest(rows) if columns else None)
+        record = _result(cur, slot, rid)
+        await cur.execute("RELEASE SAVEPOINT replicate_entry")
+        return record
 
     async def _control(self, cur: AsyncRawCursor, slot: int, rid: str, entry: Entry) -> _Record:
         """Register or unregister a table, or run a check: every node at this slot."""
@@ -403,23 +472,3 @@ class Applier:
                             message=row[4], detail=row[5], hint=row[6])
         return Outcome(slot, rid, Status.DUPLICATE, first.command_tag, first.rows_affected, first.columns, first.rows,
                        first.sqlstate, first.message, first.detail, first.hint)
-
-    async def _record(self, cur: AsyncRawCursor, records: list[_Record]) -> None:
-        outs = [r.outcome for r in records]
-        await cur.execute(
-            "INSERT INTO replicate.outcomes (slot, request_id, status, command_tag, "
-            "rows_affected, sqlstate, message, detail, hint, result) "
-            "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], "
-            "$5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[], $10::bytea[])",
-            [[o.slot for o in outs], [o.request_id for o in outs], [o.status.value for o in outs],
-             [o.command_tag for o in outs], [o.rows_affected for o in outs],
-             [o.sqlstate for o in outs], [o.message for o in outs], [o.detail for o in outs],
-             [o.hint for o in outs], [r.digest for r in records]])
-        first_seen: dict[str, int] = {}
-        for o in outs:
-            if o.request_id and o.status is not Status.DUPLICATE:
-                first_seen.setdefault(o.request_id, o.slot)
-        if first_seen:
-            await cur.execute("INSERT INTO replicate.requests (request_id, slot) "
-                              "SELECT * FROM unnest($1::text[], $2::bigint[])",
-                              [list(first_seen), list(first_seen.values())])

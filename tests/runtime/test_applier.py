@@ -7,7 +7,7 @@ import pytest
 
 from replicate.command import Entry, Param, Status
 from replicate.paxos.messages import NOOP, ChosenEntry, Value
-from replicate.runtime.applier import ApplyGap, Applier
+from replicate.runtime.applier import ApplyGap, Applier, LocalApplyError
 from replicate.runtime.schema import install
 
 pytestmark = pytest.mark.e2e
@@ -79,3 +79,78 @@ def test_gap_is_reported(node) -> None:
     with pytest.raises(ApplyGap) as info:
         apply(node, [chosen(3, "x", "INSERT INTO t VALUES (9, 'x')")])
     assert info.value.node_applied == 0
+
+
+def apply_counting(dsn: str, batches) -> tuple[list, int]:
+    """Apply several batches with one applier; also count batches that took the careful path."""
+    async def run():
+        applier = Applier(dsn, apply_timeout_ms=1000)
+        careful = 0
+        original = applier._apply_careful
+
+        async def counted(conn, entries):
+            nonlocal careful
+            careful += 1
+            return await original(conn, entries)
+        applier._apply_careful = counted
+        try:
+            return [await applier.apply(b) for b in batches], careful
+        finally:
+            await applier.close()
+    return asyncio.run(run())
+
+
+def test_a_plain_batch_is_pipelined_and_recorded(node) -> None:
+    upsert = ("INSERT INTO t VALUES ($1, $2) ON CONFLICT (id) DO UPDATE SET v = t.v || $2 "
+              "RETURNING v")
+    (outcomes,), careful = apply_counting(node, [[
+        chosen(1, "a", upsert, b"1", b"x"), ChosenEntry(2, NOOP),
+        chosen(3, "b", upsert, b"1", b"y"), chosen(4, "c", "DELETE FROM t WHERE id = 7")]])
+    assert careful == 0
+    assert [(o.status, o.command_tag, o.rows) for o in outcomes] == [
+        (Status.OK, "INSERT 0 1", ((b"x",),)), (Status.NOOP, None, ()),
+        (Status.OK, "INSERT 0 1", ((b"xy",),)), (Status.OK, "DELETE 0", ())]
+    with psycopg.connect(node) as conn:
+        assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (4,)
+        assert conn.execute("SELECT request_id, slot FROM replicate.requests ORDER BY slot"
+                            ).fetchall() == [("a", 1), ("b", 3), ("c", 4)]
+        assert conn.execute("SELECT slot, status, rows_affected, result IS NOT NULL "
+                            "FROM replicate.outcomes ORDER BY slot").fetchall() == [
+            (1, "ok", 1, True), (2, "noop", None, False), (3, "ok", 1, True),
+            (4, "ok", 0, False)]
+
+
+def test_pipelined_batch_falls_back_on_an_error_and_on_a_repeat(node) -> None:
+    insert = "INSERT INTO t VALUES ($1, $2)"
+    batches = [[chosen(1, "a", insert, b"1", b"one")],
+               # a deterministic error: rolled back, applied again entry by entry
+               [chosen(2, "b", insert, b"2", b"two"), chosen(3, "c", insert, b"1", b"dup")],
+               # "a" was applied in an earlier batch: a duplicate, not run again
+               [chosen(4, "d", insert, b"4", b"four"), chosen(5, "a", insert, b"1", b"again")],
+               [chosen(6, "e", insert, b"6", b"six")]]
+    results, careful = apply_counting(node, batches)
+    assert careful == 2
+    assert [o.status for r in results for o in r] == [
+        Status.OK, Status.OK, Status.ERROR, Status.OK, Status.DUPLICATE, Status.OK]
+    assert results[1][1].sqlstate == "23505"
+    with psycopg.connect(node) as conn:
+        assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [
+            (1, "one"), (2, "two"), (4, "four"), (6, "six")]
+        assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (6,)
+
+
+def test_pipelined_gap_and_local_error_apply_nothing(node) -> None:
+    insert = "INSERT INTO t VALUES ($1, 'x')"
+    apply(node, [chosen(1, "a", insert, b"1")])
+    with pytest.raises(ApplyGap) as info:
+        apply(node, [chosen(3, "c", insert, b"3")])
+    assert info.value.node_applied == 1
+    with psycopg.connect(node) as locker:  # a lock held past the apply timeout: local, retried
+        locker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(LocalApplyError) as err:
+            apply(node, [chosen(2, "b", insert, b"2")])
+        assert err.value.sqlstate == "55P03"
+    with psycopg.connect(node) as conn:
+        assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    assert apply(node, [chosen(2, "b", insert, b"2")])[0].ok
