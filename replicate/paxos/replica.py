@@ -322,13 +322,17 @@ class Replica:
         was_lagging = self.learner.lagging()
         self.learner.hint(msg.commit_upto)
         if self.learner.lagging() and not was_lagging:
-            self._fetch_now()  # newly behind: fetch at once rather than at the next fetch tick
+            # newly behind: fetch at once rather than at the next fetch tick, from the acceptor
+            # in the leader's own node, which the leader marks first (see _pump)
+            self._fetch_now(src if msg.ballot >= self._leader_ballot else None)
 
-    def _fetch_now(self) -> None:
+    def _fetch_now(self, acceptor: int | None = None) -> None:
         self._fetch_elapsed = 0
-        self._send(acceptor_addr(self._fetch_next),
+        if acceptor is None:  # round robin: an acceptor that misses a slot does not stall us
+            acceptor = self._fetch_next
+            self._fetch_next = (self._fetch_next + 1) % self.config.n
+        self._send(acceptor_addr(acceptor),
                    Fetch(self.learner.known_upto() + 1, self.config.fetch_limit))
-        self._fetch_next = (self._fetch_next + 1) % self.config.n
 
     def _on_promise(self, src: int, msg: Promise) -> None:
         self._observe(msg.ballot)
@@ -382,10 +386,12 @@ class Replica:
             for j in range(self.config.n):
                 self._send(acceptor_addr(j), msg)
         if not batches and lead.commit_upto > lead.sent_commit:
+            # Nothing carries the new commit index: mark it now, but at our own node's acceptor
+            # only. One mark is all a learner needs (we learn from its reply, followers fetch
+            # from it first); the others get the index with the next Accept or heartbeat. If
+            # that acceptor is down, so is our node, and the heartbeat's Commit marks the rest.
             lead.sent_commit = lead.commit_upto
-            msg = Commit(self.ballot, lead.commit_upto)
-            for j in range(self.config.n):
-                self._send(acceptor_addr(j), msg)
+            self._send(acceptor_addr(self.id), Commit(self.ballot, lead.commit_upto))
 
     def _on_accepted(self, src: int, msg: Accepted) -> None:
         if self.lead is None or msg.ballot != self.ballot:

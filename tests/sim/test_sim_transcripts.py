@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from replicate.paxos import Accept, Config, Fetch, Heartbeat, Prepare, Role
+from replicate.paxos import Accept, Commit, Config, Fetch, Heartbeat, Prepare, Role
 from paxos_script import Script, both, kind, to
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -113,6 +113,7 @@ def test_recovery_of_half_accepted_slots() -> None:
     s.restart(0)
     s.drop(lambda e: True, "old heartbeats")
     s.tick(1, 3)
+    s.deliver(kind(Commit), "the heartbeat's commit marks every acceptor")
     s.deliver(both(kind(Heartbeat), to("r0")), "r1's heartbeat reaches r0")
     s.drop(lambda e: True, "the rest")
     s.tick(0, 2)
