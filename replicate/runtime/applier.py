@@ -35,11 +35,16 @@ from typing import Any, Sequence
 import psycopg
 from psycopg import AsyncRawCursor
 from psycopg.adapt import Dumper
-from psycopg.pq import Format
+from psycopg.pq import Format, TransactionStatus
 
 from replicate.command import Column, Entry, EntryKind, Outcome, Param, Status
 from replicate.errors import ReplicateError
 from replicate.paxos.messages import ChosenEntry
+from replicate.runtime import pqconn
+from replicate.runtime.pqconn import (
+    BYTEA_ARRAY_OID, BYTEA_OID, INT4_OID, INT8_ARRAY_OID, INT8_OID, TEXT_ARRAY_OID, TEXT_OID,
+    PqConnection, Query,
+)
 
 # SQLSTATE classes whose errors every node raises identically from identical state.
 DETERMINISTIC_CLASSES = frozenset({
@@ -206,20 +211,45 @@ def _undecodable(slot: int, rid: str, exc: ValueError) -> _Record:
     return _Record(Outcome(slot, rid, Status.ERROR, sqlstate="XX001", message=str(exc)))
 
 
-def _result(cur: AsyncRawCursor, slot: int, rid: str) -> _Record:
-    """The outcome of the statement ``cur`` just ran."""
-    result = cur.pgresult
+def _result(result: Any, slot: int, rid: str) -> _Record:
+    """The outcome of a statement, from its result (a libpq ``PGresult``)."""
     columns: tuple[Column, ...] = ()
     rows: tuple[tuple[bytes | None, ...], ...] = ()
-    if result is not None and result.nfields:
+    if result.nfields:
         columns = tuple(Column(result.fname(i).decode(), result.ftype(i), result.fmod(i),
                                result.fsize(i), bool(result.fformat(i)))
                         for i in range(result.nfields))
         rows = tuple(tuple(result.get_value(r, c) for c in range(result.nfields))
                      for r in range(result.ntuples))
-    rowcount = cur.rowcount if cur.rowcount >= 0 else None
-    return _Record(Outcome(slot, rid, Status.OK, cur.statusmessage, rowcount, columns, rows),
+    status = result.command_status
+    return _Record(Outcome(slot, rid, Status.OK, status.decode() if status else None,
+                           result.command_tuples, columns, rows),
                    rows_digest(rows) if columns else None)
+
+
+_BEGIN, _COMMIT, _ROLLBACK = Query("BEGIN"), Query("COMMIT"), Query("ROLLBACK")
+
+
+def _texts(values: Sequence[str | None]) -> bytes:
+    return pqconn.array(TEXT_OID, [None if v is None else v.encode() for v in values])
+
+
+def _finish_query(last_slot: int, records: list[_Record]) -> Query:
+    """``replicate.apply_finish`` for ``records``, every parameter in binary."""
+    outs = [r.outcome for r in records]
+    i8 = pqconn.int8
+    params = (
+        i8(last_slot), pqconn.array(INT8_OID, [i8(o.slot) for o in outs]),
+        _texts([o.request_id for o in outs]), _texts([o.status.value for o in outs]),
+        _texts([o.command_tag for o in outs]),
+        pqconn.array(INT8_OID, [None if o.rows_affected is None else i8(o.rows_affected)
+                                for o in outs]),
+        _texts([o.sqlstate for o in outs]), _texts([o.message for o in outs]),
+        _texts([o.detail for o in outs]), _texts([o.hint for o in outs]),
+        pqconn.array(BYTEA_OID, [r.digest for r in records]))
+    types = (INT8_OID, INT8_ARRAY_OID) + (TEXT_ARRAY_OID,) * 3 + (INT8_ARRAY_OID,) \
+        + (TEXT_ARRAY_OID,) * 4 + (BYTEA_ARRAY_OID,)
+    return Query(_FINISH, params, types, (1,) * len(params))
 
 
 def _finish_params(last_slot: int, records: list[_Record]) -> list[Any]:
@@ -240,7 +270,8 @@ class Applier:
         self.dsn = dsn
         self.connect_timeout = connect_timeout
         self.apply_timeout_ms = apply_timeout_ms
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: psycopg.AsyncConnection | None = None  # careful path, opened when needed
+        self._pq: PqConnection | None = None               # pipelined path
         self._session_key: tuple | None = None
 
     async def _connection(self) -> psycopg.AsyncConnection:
@@ -256,6 +287,9 @@ class Applier:
         if self._conn is not None:
             await self._conn.close()
             self._conn = None
+        if self._pq is not None:
+            await self._pq.close()
+            self._pq = None
 
     async def applied_slot(self) -> int:
         conn = await self._connection()
@@ -266,16 +300,13 @@ class Applier:
     async def apply(self, entries: Sequence[ChosenEntry]) -> list[Outcome]:
         """Apply ``entries`` (consecutive slots, the first one right after the applied slot)."""
         try:
-            conn = await self._connection()
-        except psycopg.Error as exc:
-            raise LocalApplyError(f"cannot connect to the local node: {exc}") from None
-        try:
             decoded = _decode(entries)
             if decoded is not None:
                 try:
-                    return await self._apply_pipelined(conn, entries, decoded)
+                    return await self._apply_pipelined(entries, decoded)
                 except _NeedCareful:
                     pass
+            conn = await self._connection()
             async with conn.transaction():
                 return await self._apply_careful(conn, entries)
         except LocalApplyError:
@@ -285,45 +316,53 @@ class Applier:
                                   f"({exc.sqlstate or 'no SQLSTATE'}): {exc}",
                                   sqlstate=exc.sqlstate or "58000") from None
 
-    async def _apply_pipelined(self, conn: psycopg.AsyncConnection,
-                               entries: Sequence[ChosenEntry],
+    async def _pipeline_connection(self) -> PqConnection:
+        if self._pq is None or self._pq.broken:
+            if self._pq is not None:
+                await self._pq.close()
+                self._pq = None
+            self._pq = await PqConnection.connect(self.dsn, connect_timeout=self.connect_timeout,
+                                                  application_name="replicate applier")
+        return self._pq
+
+    async def _apply_pipelined(self, entries: Sequence[ChosenEntry],
                                decoded: list[Entry | None]) -> list[Outcome]:
         """The common case in two round trips (sql/006_apply.sql): no savepoints, no lookups.
 
         Raises ``_NeedCareful`` (after rolling back) when the batch needs the careful path: a
         deterministic error in a statement, or a request id applied before.
         """
-        ids = [c.value.request_id for c in entries if not c.value.is_noop]
-        work: list[tuple[ChosenEntry, Entry | None, AsyncRawCursor | None]] = []
         try:
-            # Autocommit connection, explicit BEGIN and COMMIT: psycopg syncs the pipeline
-            # only where asked (after the statements) and when the block ends.
-            async with conn.pipeline() as pipeline:
-                await AsyncRawCursor(conn).execute("BEGIN")
-                await AsyncRawCursor(conn).execute(
-                    "SELECT replicate.apply_begin($1, $2::text[], $3)",
-                    [entries[0].slot, ids, self.apply_timeout_ms])
-                key: tuple | None = None
-                for chosen, entry in zip(entries, decoded):
-                    if entry is None:
-                        work.append((chosen, None, None))
-                        continue
-                    if (entry.role, entry.settings) != key:
-                        key = (entry.role, entry.settings)
-                        await AsyncRawCursor(conn).execute(_PRELUDE, _prelude_params(entry))
-                    cur = AsyncRawCursor(conn)
-                    await cur.execute(entry.sql, _params(entry), binary=entry.binary_results)
-                    work.append((chosen, entry, cur))
-                await pipeline.sync()
-                records = [_Record(Outcome(chosen.slot, "", Status.NOOP)) if cur is None
-                           else _result(cur, chosen.slot, chosen.value.request_id)
-                           for chosen, _, cur in work]
-                await AsyncRawCursor(conn).execute(_FINISH, _finish_params(entries[-1].slot,
-                                                                           records))
-                await AsyncRawCursor(conn).execute("COMMIT")
+            conn = await self._pipeline_connection()
         except psycopg.Error as exc:
-            if not conn.broken:
-                await conn.rollback()  # also forgets statements prepared in the failed pipeline
+            raise LocalApplyError(f"cannot connect to the local node: {exc}") from None
+        ids = [c.value.request_id.encode() for c in entries if not c.value.is_noop]
+        queries = [_BEGIN, Query(
+            "SELECT replicate.apply_begin($1, $2, $3)",
+            (pqconn.int8(entries[0].slot), pqconn.array(TEXT_OID, ids),
+             pqconn.int4(self.apply_timeout_ms)), (INT8_OID, TEXT_ARRAY_OID, INT4_OID), (1, 1, 1))]
+        where: list[int | None] = []  # per entry: its statement's index in queries
+        key: tuple | None = None
+        for entry in decoded:
+            if entry is None:
+                where.append(None)
+                continue
+            if (entry.role, entry.settings) != key:
+                key = (entry.role, entry.settings)
+                queries.append(Query(_PRELUDE, [v.encode() for v in _prelude_params(entry)]))
+            where.append(len(queries))
+            queries.append(Query(entry.sql, [p.value for p in entry.params],
+                                 [p.type_oid for p in entry.params],
+                                 [int(p.binary) for p in entry.params], entry.binary_results))
+        try:
+            results = await conn.run(queries)
+            records = [_Record(Outcome(chosen.slot, "", Status.NOOP)) if i is None
+                       else _result(results[i], chosen.slot, chosen.value.request_id)
+                       for chosen, i in zip(entries, where)]
+            await conn.run([_finish_query(entries[-1].slot, records), _COMMIT])
+        except psycopg.Error as exc:
+            if not conn.broken and conn.transaction_status != TransactionStatus.IDLE:
+                await conn.run([_ROLLBACK])
             if exc.sqlstate == "RP001":
                 raise ApplyGap(int(exc.diag.message_detail or 0), entries[0].slot) from None
             if exc.sqlstate == "RP002" or is_deterministic(exc.sqlstate):
@@ -392,7 +431,7 @@ class Applier:
             return _Record(Outcome(slot, rid, Status.ERROR, sqlstate=exc.sqlstate,
                                    message=diag.message_primary or str(exc),
                                    detail=diag.message_detail, hint=diag.message_hint))
-        record = _result(cur, slot, rid)
+        record = _result(cur.pgresult, slot, rid)
         await cur.execute("RELEASE SAVEPOINT replicate_entry")
         return record
 

@@ -1,11 +1,11 @@
 """Connections from one proxy to the acceptors (PostgreSQL nodes) and to the other proxies.
 
-``AcceptorLink``: one worker task per acceptor, one connection, requests in
-FIFO order, each reply handed to a callback. A request that does not answer
-within ``request_timeout`` abandons the connection (a fresh one is made; the
-old query is cancelled in the background, because psycopg's cancel can take
-seconds against a stopped server) and the request is dropped: the Paxos core
-retransmits what matters. The queue is bounded so a stalled node cannot eat
+``AcceptorLink``: one worker task per acceptor, one connection (libpq driven
+directly: ``pqconn``), requests in FIFO order, each reply handed to a callback.
+A request that does not answer within ``request_timeout`` abandons the
+connection (a fresh one is made; closing the old one ends its server process
+once that notices) and the request is dropped: the Paxos core retransmits what
+matters. The queue is bounded so a stalled node cannot eat
 memory; heartbeat commits are coalesced. Nothing here ever blocks the driver.
 
 ``PeerLink``: an outgoing TCP connection to another proxy, carrying
@@ -25,6 +25,7 @@ import psycopg
 
 from replicate.paxos.messages import AcceptorReply, AcceptorRequest, Commit
 from replicate.runtime import peerwire
+from replicate.runtime.pqconn import PqConnection
 from replicate.runtime.sql_acceptor import acall
 
 log = logging.getLogger("replicate.links")
@@ -45,7 +46,7 @@ class AcceptorLink:
         self._queue: collections.deque[tuple[AcceptorRequest, asyncio.Future | None]] = \
             collections.deque()
         self._wakeup = asyncio.Event()
-        self._conn: psycopg.AsyncConnection | None = None
+        self._conn: PqConnection | None = None
         self._task: asyncio.Task | None = None
         self.connected = False
         self.last_error: str | None = None
@@ -99,9 +100,8 @@ class AcceptorLink:
 
     async def _connect(self) -> None:
         self._conn = await asyncio.wait_for(
-            psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
-                                            connect_timeout=max(1, int(self.connect_timeout)),
-                                            application_name="replicate acceptor"),
+            PqConnection.connect(self.dsn, connect_timeout=self.connect_timeout,
+                                 application_name="replicate acceptor"),
             self.connect_timeout + 1)
         self.connected = True
         self.last_error = None
@@ -127,7 +127,7 @@ class AcceptorLink:
             task = asyncio.ensure_future(acall(conn, request))
             done, _ = await asyncio.wait({task}, timeout=self.request_timeout)
             if not done:
-                task.cancel()  # psycopg cancels server-side in that task, not here
+                task.cancel()
                 self.last_error = f"no reply within {self.request_timeout:.1f} s"
                 await self._abandon()
                 if future is not None and not future.done():
@@ -152,7 +152,7 @@ class AcceptorLink:
                 self.on_reply(self.index, reply)
 
 
-async def _close_quietly(conn: psycopg.AsyncConnection) -> None:
+async def _close_quietly(conn: PqConnection) -> None:
     try:
         await asyncio.wait_for(conn.close(), 10)
     except BaseException:  # noqa: BLE001 - a dead connection may fail to close in any way

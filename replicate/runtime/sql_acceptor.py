@@ -1,9 +1,11 @@
 """The acceptor in a PostgreSQL node: Paxos requests as calls of the ``sql/`` functions.
 
 ``encode(request)`` gives the SQL and its parameters, ``decode(request, rows)`` turns the rows
-the function returned into the core's reply; both are pure, shared by ``call`` (sync) and
-``acall`` (asyncio). One request is one function call, which on an autocommit connection is
-one transaction: the reply is durable when it is decoded.
+the function returned into the core's reply; both are pure. ``call`` runs a request on a
+psycopg connection (tools, tests); ``acall`` on a ``PqConnection`` (the engine's acceptor
+links: libpq directly, ``query(request)`` encodes the same call for it). One request is one
+function call, which on an autocommit connection is one transaction: the reply is durable when
+it is decoded.
 
 ==============  ====================================================  ====================
 request         SQL                                                   reply
@@ -15,9 +17,9 @@ request         SQL                                                   reply
 ``Fetch``       ``replicate.fetch(from_slot, limit)``                 ``Fetched``
 ==============  ====================================================  ====================
 
-Hot path: every parameter is typed (``Int8``/``Int4``, ``text[]``, ``bytea[]``) and sent in
+Hot path: every parameter is typed (``int8``/``int4``, ``text[]``, ``bytea[]``) and sent in
 binary, and results come back in binary, so payloads never go through hex; the SQL text is
-constant per operation, so psycopg prepares it server-side after a few calls.
+constant per operation and prepared once per connection.
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from typing import Any, Sequence
 
 import psycopg
 from psycopg.types.numeric import Int4, Int8
+
+from replicate.runtime import pqconn
+from replicate.runtime.pqconn import (
+    BYTEA_ARRAY_OID, BYTEA_OID, INT4_OID, INT8_OID, TEXT_ARRAY_OID, TEXT_OID, PqConnection, Query,
+)
 
 from replicate.errors import ProtocolError
 from replicate.paxos.ballot import Ballot
@@ -56,6 +63,57 @@ def encode(request: AcceptorRequest) -> tuple[str, tuple[Any, ...]]:
     if isinstance(request, Fetch):
         return FETCH_SQL, (Int8(request.from_slot), Int4(request.limit))
     raise TypeError(f"not an acceptor request: {request!r}")
+
+
+_PQ_SQL = {Prepare: "SELECT * FROM replicate.prepare($1, $2, $3)",
+           Accept: "SELECT * FROM replicate.accept($1, $2, $3, $4, $5, $6)",
+           Commit: "SELECT * FROM replicate.commit($1, $2, $3)",
+           Fetch: "SELECT * FROM replicate.fetch($1, $2)"}
+_I8, _I4 = pqconn.int8, pqconn.int4
+
+
+def query(request: AcceptorRequest) -> Query:
+    """``request`` as one binary ``Query`` for a ``PqConnection`` (same call as ``encode``)."""
+    if isinstance(request, Accept):
+        b = request.ballot
+        params: tuple = (
+            _I8(b.round), _I4(b.proposer), _I8(request.first_slot),
+            pqconn.array(TEXT_OID, [v.request_id.encode() for v in request.values]),
+            pqconn.array(BYTEA_OID, [v.payload for v in request.values]),
+            _I8(request.commit_upto))
+        types: tuple = (INT8_OID, INT4_OID, INT8_OID, TEXT_ARRAY_OID, BYTEA_ARRAY_OID, INT8_OID)
+    elif isinstance(request, (Commit, Prepare)):
+        b = request.ballot
+        last = request.commit_upto if isinstance(request, Commit) else request.from_slot
+        params, types = (_I8(b.round), _I4(b.proposer), _I8(last)), (INT8_OID, INT4_OID, INT8_OID)
+    elif isinstance(request, Fetch):
+        params, types = (_I8(request.from_slot), _I4(request.limit)), (INT8_OID, INT4_OID)
+    else:
+        raise TypeError(f"not an acceptor request: {request!r}")
+    return Query(_PQ_SQL[type(request)], params, types, (1,) * len(params), binary_results=True)
+
+
+_BOOL_OID, _INT_OIDS = 16, frozenset({21, INT4_OID, INT8_OID})
+
+
+def _column(oid: int):
+    if oid == _BOOL_OID:
+        return lambda v: v == b"\x01"
+    if oid in _INT_OIDS:
+        return pqconn.read_int
+    if oid == TEXT_OID:
+        return lambda v: v.decode()
+    if oid == BYTEA_OID:
+        return bytes
+    raise ProtocolError(f"unexpected column type {oid} from an acceptor function")
+
+
+def rows_of(result: Any) -> list[tuple[Any, ...]]:
+    """The rows of a binary result of an acceptor function, as Python values."""
+    convert = [_column(result.ftype(i)) for i in range(result.nfields)]
+    return [tuple(None if (v := result.get_value(r, c)) is None else convert[c](v)
+                  for c in range(result.nfields))
+            for r in range(result.ntuples)]
 
 
 def _one(rows: Sequence[Sequence[Any]], what: str) -> Sequence[Any]:
@@ -109,10 +167,7 @@ def call(conn: psycopg.Connection, request: AcceptorRequest) -> AcceptorReply:
     return decode(request, rows)
 
 
-async def acall(conn: psycopg.AsyncConnection, request: AcceptorRequest) -> AcceptorReply:
-    """Async twin of ``call``."""
-    if not conn.autocommit:
-        raise ValueError("the acceptor connection must be in autocommit mode")
-    sql, params = encode(request)
-    cur = await conn.execute(sql, params, binary=True)
-    return decode(request, await cur.fetchall())
+async def acall(conn: PqConnection, request: AcceptorRequest) -> AcceptorReply:
+    """Perform ``request`` in the node behind ``conn`` (the engine's acceptor links)."""
+    (result,) = await conn.run([query(request)])
+    return decode(request, rows_of(result))

@@ -15,7 +15,8 @@ from replicate.runtime.schema import SCHEMA_VERSION, SchemaError
 TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "requests",
           "registered_tables", "members", "sequence_state", "check_results",
           "check_rows"}
-FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard"}
+FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard", "apply_begin",
+             "apply_finish"}
 
 # Everything in schema replicate that an install could change: relations with their columns,
 # indexes, constraints, and function bodies.

@@ -27,6 +27,7 @@ from replicate.paxos.messages import (
     Prepare, Promise, Value,
 )
 from replicate.runtime import schema
+from replicate.runtime.pqconn import PqConnection
 from replicate.runtime.sql_acceptor import acall, call, decode, encode
 
 EXAMPLES = int(os.environ.get("REPLICATE_DIFF_EXAMPLES", "200"))
@@ -210,14 +211,28 @@ def test_call_refuses_a_connection_in_a_transaction(fresh_db: list[str]) -> None
 
 
 def test_acall(fresh_db: list[str]) -> None:
+    # The engine's path: libpq driven directly (PqConnection), binary parameters and results.
+    big = Value("grosse-requête", bytes(range(256)) * 4096)  # 1 MiB, every byte, non-ASCII id
+
     async def go() -> list:
         async with await psycopg.AsyncConnection.connect(fresh_db[1], autocommit=True) as conn:
             await schema.ainstall(conn)
-            return [await acall(conn, r) for r in (
-                Prepare(B1, 1), Accept(B1, 1, (X,), 1), Commit(B2, 1), Fetch(1, 3))]
+        pq = await PqConnection.connect(fresh_db[1])
+        try:
+            return [await acall(pq, r) for r in (
+                Prepare(B1, 1), Accept(B1, 1, (X,), 1), Commit(B2, 1), Fetch(1, 3),
+                Accept(B1, 2, (big, NOOP), 0), Commit(B1, 3), Fetch(2, 5), Prepare(B2, 2),
+                Accept(B1, 4, (X,), 0))]
+        finally:
+            await pq.close()
 
-    assert asyncio.run(go()) == [Promise(B1, 1, ()), Accepted(B1, 1, 1, 1), Committed(B2, 1),
-                                 Fetched(1, (ChosenEntry(1, X),))]
+    assert asyncio.run(go()) == [
+        Promise(B1, 1, ()), Accepted(B1, 1, 1, 1), Committed(B2, 1),
+        Fetched(1, (ChosenEntry(1, X),)),
+        Accepted(B1, 2, 3, 0), Committed(B1, 3),
+        Fetched(2, (ChosenEntry(2, big), ChosenEntry(3, NOOP))),
+        Promise(B2, 2, (AcceptedEntry(2, B1, big, True), AcceptedEntry(3, B1, NOOP, True))),
+        Nack(B1, B2)]
 
 
 def test_encode_decode_are_pure_and_reject_other_messages() -> None:
