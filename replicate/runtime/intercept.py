@@ -8,8 +8,15 @@ await). For the rest:
 - **Session state comes from the node.** Before classifying, the hook asks
   the client's own backend for its search_path, current role and the
   settings that change results (``SESSION_SQL``): SET, SET LOCAL, RESET and
-  rollbacks are then exactly PostgreSQL's, at the cost of one local round
-  trip per statement that names a registered table.
+  rollbacks are then exactly PostgreSQL's. The answer is reused while the
+  session has run nothing on the node since: only messages that execute
+  nothing (Parse, Bind, Describe, Close, Flush, Sync) and replicated writes
+  (which run in the log, not in the session) went to the node, the settings
+  the node reports itself (ParameterStatus) are unchanged, and it is less
+  than ``FACTS_MAX_AGE`` seconds old (a configuration reload changes defaults
+  without a message; PostgreSQL backends pick reloads up asynchronously too).
+  A loop of writes pays one round trip for the facts per second, not one
+  per statement.
 - **Writes** (``Replicate``): a log entry with the rewritten text, the bind
   parameters as the client sent them, the settings and the role is submitted
   to the engine; the client gets exactly what PostgreSQL would send
@@ -64,6 +71,10 @@ from replicate.runtime.relay import Action, Hooks, Session
 log = logging.getLogger("replicate.intercept")
 
 SETTING = "replicate.read_consistency"
+FACTS_MAX_AGE = 1.0  # seconds a session's facts are reused (see the module docstring)
+# Messages that execute nothing on the node: forwarding them keeps the session's facts.
+_INERT = frozenset({m.Sync, m.Flush, m.Parse, m.Bind, m.Describe, m.Close})
+_REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "standard_conforming_strings")
 # One round trip: what the gate and the log entry need from the client's session.
 SESSION_SQL = (
     "SELECT current_user, array_to_string(current_schemas(false), ','), "
@@ -122,6 +133,8 @@ class _SessionState:
     in_batch: bool = False        # extended-protocol messages went out since the last Sync
     mid_batch: bool = False       # ... before the message being handled now
     facts: dict | None = None     # the session facts last read from the node
+    facts_valid: bool = False     # nothing ran in the session since they were read
+    facts_at: float = 0.0         # when they were read (event loop time)
 
 
 def _sql_error(sqlstate: str, message: str, hint: str | None = None,
@@ -180,6 +193,22 @@ class ReplicateHooks(Hooks):
 
     # ---------------------------------------------------------------- dispatch
     def on_frontend(self, session: Session, message: Any) -> Any:
+        action = self._dispatch(session, message)
+        if type(message) in _INERT or action is Action.HANDLED:
+            return action
+        if action is Action.FORWARD:  # it runs in the session: the facts may change
+            self._state(session).facts_valid = False
+            return action
+        return self._after(self._state(session), action)
+
+    @staticmethod
+    async def _after(state: _SessionState, pending: Any) -> Action:
+        action = await pending
+        if action is Action.FORWARD:
+            state.facts_valid = False
+        return action
+
+    def _dispatch(self, session: Session, message: Any) -> Any:
         state = self._state(session)
         t = type(message)
         if state.failed and t is not m.Sync:
@@ -211,6 +240,10 @@ class ReplicateHooks(Hooks):
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
                 return self._bind_read(session)
+            if isinstance(stmt.decision, Replicate) and not state.mid_batch:
+                # A prepared write executed again: its batch starts here, so this is the last
+                # point where the session's facts can be asked for (see _session)
+                return self._bind_write(session)
             return Action.FORWARD
         if t is m.Execute:
             entry = state.portals.get(message.portal)
@@ -238,16 +271,23 @@ class ReplicateHooks(Hooks):
         """
         state = self._state(session)
         if state.mid_batch:
-            if state.facts is None:
+            if state.facts is None or not state.facts_valid:
+                # Something ran in the session since the facts were read (or they never
+                # were): they may be stale, and a Query here would break the batch.
                 raise ReplicateError("cannot read the session's settings inside a pipeline",
-                                     hint="send a Sync before the first write to a "
-                                          "replicated table", sqlstate="0A000")
+                                     hint="send a Sync between other statements and a write "
+                                          "to a replicated table", sqlstate="0A000")
             facts = dict(state.facts)
             for name in ("TimeZone", "DateStyle", "IntervalStyle",
                          "standard_conforming_strings"):
                 if name in session.parameters:
                     facts[name] = session.parameters[name]
             return facts
+        if state.facts is not None and state.facts_valid \
+                and asyncio.get_running_loop().time() - state.facts_at < FACTS_MAX_AGE \
+                and all(state.facts.get(name) == session.parameters.get(name, state.facts.get(name))
+                        for name in _REPORTED):
+            return state.facts
         replies = await session.exchange(m.Query(SESSION_SQL))
         rows = [r for r in replies if type(r) is m.DataRow]
         if not rows:
@@ -259,6 +299,8 @@ class ReplicateHooks(Hooks):
         keys = ("role", "schemas", "search_path", "TimeZone", "DateStyle", "IntervalStyle",
                 "extra_float_digits", "bytea_output", "standard_conforming_strings", SETTING)
         state.facts = dict(zip(keys, values))
+        state.facts_valid = True
+        state.facts_at = asyncio.get_running_loop().time()
         return state.facts
 
     def _consistency(self, facts: dict[str, str | None]) -> str:
@@ -348,6 +390,7 @@ class ReplicateHooks(Hooks):
             session.write_client(error + codec.encode(codec.ready_for_query("I")))
             return Action.HANDLED
         # Inside a transaction block: fail the node's transaction too, as PostgreSQL would.
+        self._state(session).facts_valid = False  # the rollback undoes SET LOCAL and the like
         replies = await session.exchange(m.Query(_FAIL_TRANSACTION))
         ready = next((r for r in replies if type(r) is m.ReadyForQuery), codec.ready_for_query("E"))
         session.write_client(error + codec.encode(ready))
@@ -428,7 +471,11 @@ class ReplicateHooks(Hooks):
             Param(value, stmt.param_types[i] if i < len(stmt.param_types) else 0,
                   bool(bind.param_format(i)))
             for i, value in enumerate(bind.params))
-        facts = await self._session(session)
+        try:
+            facts = await self._session(session)
+        except ReplicateError as exc:
+            return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message,
+                                                              exc.hint), settled=True)
         result = await self._submit(session, self._entry(decision.text, facts, params, binary))
         if isinstance(result, ReplicateError) or not result.ok:
             session.write_client(b"".join(self._outcome_messages(session, result,
@@ -437,6 +484,13 @@ class ReplicateHooks(Hooks):
             return Action.HANDLED
         session.write_client(b"".join(self._outcome_messages(session, result, describe=False)))
         return Action.HANDLED
+
+    async def _bind_write(self, session: Session) -> Action:
+        try:
+            await self._session(session)
+        except ReplicateError as exc:
+            return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message))
+        return Action.FORWARD
 
     async def _bind_read(self, session: Session) -> Action:
         facts = await self._session(session)
@@ -459,6 +513,7 @@ class ReplicateHooks(Hooks):
         """End a failed batch: roll the node's transaction back (or mark it failed) like PG."""
         self._state(session).failed = False
         self._state(session).in_batch = False
+        self._state(session).facts_valid = False  # the rollback undoes SET LOCAL and the like
         replies = await session.exchange(m.Query(_FAIL_TRANSACTION))
         ready = next((r for r in replies if type(r) is m.ReadyForQuery), codec.ready_for_query("I"))
         session.write_client(codec.encode(ready))

@@ -36,6 +36,9 @@ CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql VOLATILE
 CREATE TRIGGER stamp BEFORE INSERT ON audited FOR EACH ROW EXECUTE FUNCTION stamp();
 CREATE FUNCTION vol() RETURNS int LANGUAGE sql VOLATILE AS 'SELECT 1';
 CREATE SEQUENCE free_seq;
+CREATE SCHEMA shadow;
+CREATE TABLE shadow.accounts (id int PRIMARY KEY, owner text NOT NULL,
+                              balance numeric(12,2) NOT NULL);
 """
 REGISTERED = ("accounts", "tokens", "audited")
 
@@ -277,3 +280,26 @@ def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:
     assert result.returncode == 0, result.stderr
     actions = [s["action"] for s in json.loads(result.stdout)["statements"]]
     assert actions == ["replicate", "relay"]
+
+
+@pytest.mark.parametrize("prepared", [False, True])
+def test_session_changes_between_writes_are_seen(proxied, prepared: bool) -> None:
+    # The proxy reuses a session's facts between writes. Anything that runs in the session
+    # makes it read them again: here a SELECT that changes bytea_output (a setting the node
+    # does not report by itself), then SET TimeZone. With prepare_threshold=0 the second and
+    # third writes re-execute one prepared statement (a batch that starts with its Bind).
+    base = 300 + 10 * int(prepared)
+    insert = ("INSERT INTO accounts (id, owner, balance, opened) "
+              "VALUES (%s, '\\x41'::bytea::text, 1, %s)")
+    with psycopg.connect(proxy_dsn(proxied), autocommit=True,
+                         prepare_threshold=0 if prepared else None) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        conn.execute(insert, [base, "2026-01-01 12:00:00"])
+        conn.execute("SELECT set_config('bytea_output', 'escape', false)")
+        conn.execute(insert, [base + 1, "2026-01-01 12:00:00"])
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")
+        conn.execute(insert, [base + 2, "2026-01-01 12:00:00"])
+    rows = {r[0]: r for r in rows_everywhere(proxied) if base <= r[0] < base + 10}
+    assert [rows[base + i][1] for i in range(3)] == ["\\x41", "A", "A"]
+    utc = rows[base][3].tzinfo
+    assert [rows[base + i][3].astimezone(utc).hour for i in range(3)] == [12, 12, 3]
