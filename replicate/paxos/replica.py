@@ -79,13 +79,16 @@ class Config:
     max_batch: int = 16         # values per Accept
     fetch_ticks: int = 2        # learner: period of Fetch while lagging
     fetch_limit: int = 64       # entries per Fetch
+    early_apply: int = 64       # leader: slots it may apply before any acceptor marked them
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError("n must be >= 1")
         if min(self.heartbeat_ticks, self.election_ticks, self.window, self.max_batch,
                self.fetch_ticks, self.fetch_limit) < 1:
-            raise ValueError("every Config parameter must be >= 1")
+            raise ValueError("every Config parameter except early_apply must be >= 1")
+        if self.early_apply < 0:
+            raise ValueError("early_apply must be >= 0")
         if self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("election_ticks must exceed heartbeat_ticks")
 
@@ -122,7 +125,12 @@ class Replica:
         self.ballot = Ballot(0, id)          # our current (or last) ballot
         self.leader: int | None = None       # the leader we know of
         self._leader_ballot = Ballot(0, 0)   # highest ballot we followed
-        self.learner = Learner(delivered_upto)
+        # The learner's prefix is chosen *and marked* (what campaign and fetch rely on). A leader
+        # hands slots out as soon as they are chosen, up to early_apply slots ahead of that
+        # prefix; so after a restart only delivered_upto - early_apply is known to be marked,
+        # and the slots above it are learned again (never handed out twice: _emitted).
+        self.learner = Learner(max(0, delivered_upto - config.early_apply))
+        self._emitted = delivered_upto       # every slot <= this was handed out in Ready.chosen
         self._promises: dict[int, Promise] = {}
         self._from_slot = 1
         self._waiting: list[Value] = []      # proposals received while campaigning
@@ -265,7 +273,7 @@ class Replica:
     @property
     def delivered_upto(self) -> int:
         """Every slot at or below this was handed out in ``Ready.chosen``."""
-        return self.learner.delivered_upto
+        return self._emitted
 
     @property
     def commit_index(self) -> int | None:
@@ -438,4 +446,18 @@ class Replica:
 
     def _deliver(self) -> None:
         if self.learner._buffer:
-            self._chosen.extend(self.learner.take())
+            for entry in self.learner.take():
+                if entry.slot > self._emitted:
+                    self._chosen.append(entry)
+                    self._emitted = entry.slot
+        lead = self.lead
+        if lead is not None and self.config.early_apply:
+            # Chosen under our ballot (a majority accepted it) but not yet marked anywhere:
+            # safe to apply; the learner catches up when the mark is confirmed.
+            last = min(lead.commit_upto, self.learner.delivered_upto + self.config.early_apply)
+            while self._emitted < last:
+                value = lead.chosen_value(self._emitted + 1)
+                if value is None:
+                    break
+                self._emitted += 1
+                self._chosen.append(ChosenEntry(self._emitted, value))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from replicate.paxos import (
-    Accept, Accepted, Ballot, Committed, Config, Envelope, HardState, Heartbeat, Nack, Prepare,
+    Accept, Accepted, Ballot, Commit, Committed, Config, Envelope, HardState, Heartbeat, Nack,
+    Prepare,
     ProposeOutcome, Promise, Replica, Role, Value, acceptor_addr, replica_addr,
 )
 
@@ -82,8 +83,9 @@ def test_leader_batches_and_steps_down_on_a_nack() -> None:
     assert r.ballot == Ballot(10, 0)  # above the ballot the nack revealed
 
 
-def test_leader_delivers_after_majority_and_mark() -> None:
-    r = make()
+def test_without_early_apply_the_leader_delivers_after_majority_and_mark() -> None:
+    r = Replica(0, Config(n=3, election_ticks=10, heartbeat_ticks=3, early_apply=0),
+                random.Random(7))
     elect(r)
     r.propose(Value("q", b"p"))
     take(r)
@@ -91,10 +93,64 @@ def test_leader_delivers_after_majority_and_mark() -> None:
     r.step(Envelope(acceptor_addr(1), r.addr, Accepted(r.ballot, 1, 1, 0)))
     rd = take(r)
     assert rd.chosen == ()  # chosen, but not yet marked at any acceptor
-    assert any(e.msg.__class__.__name__ == "Commit" for e in rd.messages)
-    from replicate.paxos import Committed
+    # the mark goes to this replica's own acceptor only
+    assert [(e.dst, type(e.msg)) for e in rd.messages if type(e.msg) is Commit] == [
+        (acceptor_addr(0), Commit)]
     r.step(Envelope(acceptor_addr(0), r.addr, Committed(r.ballot, 1)))
     assert [c.slot for c in take(r).chosen] == [1]
+
+
+def test_the_leader_delivers_at_majority_and_learns_at_mark() -> None:
+    r = make()
+    elect(r)
+    r.propose(Value("q", b"p"))
+    take(r)
+    r.step(Envelope(acceptor_addr(0), r.addr, Accepted(r.ballot, 1, 1, 0)))
+    assert take(r).chosen == ()  # one acceptor is not a majority
+    r.step(Envelope(acceptor_addr(1), r.addr, Accepted(r.ballot, 1, 1, 0)))
+    assert [c.slot for c in take(r).chosen] == [1]  # applied at once ...
+    assert r.delivered_upto == 1 and r.learner.delivered_upto == 0  # ... not learned yet
+    r.step(Envelope(acceptor_addr(0), r.addr, Committed(r.ballot, 1)))
+    assert take(r).chosen == ()  # the mark is learned; slot 1 is not handed out twice
+    assert r.learner.delivered_upto == 1
+
+
+def test_a_leader_that_loses_office_before_the_mark_recovers_the_slot_again() -> None:
+    r = make()
+    elect(r)
+    r.propose(Value("q", b"p"))
+    take(r)
+    for j in range(2):
+        r.step(Envelope(acceptor_addr(j), r.addr, Accepted(r.ballot, 1, 1, 0)))
+    assert [c.slot for c in take(r).chosen] == [1]
+    r.campaign()  # e.g. its election timed out: no acceptor has marked slot 1
+    prepares = [e.msg for e in take(r).messages if type(e.msg) is Prepare]
+    assert prepares and all(p.from_slot == 1 for p in prepares)  # slot 1 is re-proposed
+
+
+def test_early_apply_stays_within_its_window_of_the_marked_prefix() -> None:
+    cfg = Config(n=3, election_ticks=10, heartbeat_ticks=3, early_apply=2, max_batch=1,
+                 window=8)
+    r = Replica(0, cfg, random.Random(7))
+    elect(r)
+    for i in range(4):
+        r.propose(Value(f"q{i}", b"p"))
+    take(r)
+    for slot in range(1, 5):
+        for j in range(2):
+            r.step(Envelope(acceptor_addr(j), r.addr, Accepted(r.ballot, slot, slot, 0)))
+    assert [c.slot for c in take(r).chosen] == [1, 2]  # two ahead of the marked prefix
+    r.step(Envelope(acceptor_addr(0), r.addr, Committed(r.ballot, 2)))
+    assert [c.slot for c in take(r).chosen] == [3, 4]
+
+
+def test_a_restarted_replica_relearns_its_last_early_applied_slots() -> None:
+    r = make(delivered_upto=100)
+    assert r.delivered_upto == 100  # never handed out again ...
+    assert r.learner.delivered_upto == 100 - CFG.early_apply  # ... but maybe never marked
+    r.campaign()
+    assert {e.msg.from_slot for e in take(r).messages if type(e.msg) is Prepare} == {
+        100 - CFG.early_apply + 1}
 
 
 def test_follower_forwards_or_drops() -> None:
