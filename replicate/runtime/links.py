@@ -23,7 +23,7 @@ from typing import Callable
 
 import psycopg
 
-from replicate.paxos.messages import AcceptorReply, AcceptorRequest, Commit
+from replicate.paxos.messages import AcceptorReply, AcceptorRequest, Commit, Heartbeat
 from replicate.runtime import peerwire
 from replicate.runtime.pqconn import PqConnection
 from replicate.runtime.sql_acceptor import acall
@@ -168,6 +168,7 @@ class PeerLink:
         self.host = host
         self.port = port
         self._queue: collections.deque[bytes] = collections.deque(maxlen=MAX_QUEUE)
+        self._last_heartbeat: Heartbeat | None = None  # the frame at the queue's tail, if one
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.connected = False
@@ -181,7 +182,14 @@ class PeerLink:
             await asyncio.gather(self._task, return_exceptions=True)
 
     def send(self, frame: peerwire.Frame) -> None:
-        self._queue.append(peerwire.encode(frame))
+        # A newer heartbeat of the same leader supersedes a queued one (it only carries the
+        # commit index); under load this turns a push per chosen batch into one per wake-up.
+        if isinstance(frame, Heartbeat) and self._queue and self._last_heartbeat is not None \
+                and self._last_heartbeat.ballot == frame.ballot:
+            self._queue[-1] = peerwire.encode(frame)
+        else:
+            self._queue.append(peerwire.encode(frame))
+        self._last_heartbeat = frame if isinstance(frame, Heartbeat) else None
         self._wakeup.set()
 
     async def _run(self) -> None:
@@ -198,17 +206,18 @@ class PeerLink:
             backoff = 0.05
             self.connected = True
             drain = asyncio.create_task(_discard(reader))
+            drain.add_done_callback(lambda _: self._wakeup.set())  # the peer closed
             try:
                 writer.write(peerwire.STARTUP + peerwire.encode(peerwire.Hello(self.me)))
                 while not drain.done():
                     if not self._queue:
                         self._wakeup.clear()
-                        waiter = asyncio.create_task(self._wakeup.wait())
-                        await asyncio.wait({waiter, drain}, return_when=asyncio.FIRST_COMPLETED)
-                        waiter.cancel()
+                        await self._wakeup.wait()
                         continue
-                    while self._queue:
-                        writer.write(self._queue.popleft())
+                    frames = list(self._queue)
+                    self._queue.clear()
+                    self._last_heartbeat = None
+                    writer.write(b"".join(frames))  # one send for everything queued
                     await asyncio.wait_for(writer.drain(), 2)
             except (OSError, asyncio.TimeoutError):
                 pass
