@@ -99,7 +99,10 @@ class Engine:
         self.index = [n.name for n in config.nodes].index(config.node(node).name)
         self.settings = settings
         self.n = len(config.nodes)
-        self.paxos_config = settings.paxos or PaxosConfig(n=self.n)
+        # Two batches in flight of up to 64 values: at 32 clients the leader proxy is CPU-bound
+        # and larger batches mean fewer acceptor calls and apply transactions per write
+        # (docs/decisions.md, "Batch window").
+        self.paxos_config = settings.paxos or PaxosConfig(n=self.n, window=2, max_batch=64)
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
         self._tokens = itertools.count(1)
