@@ -23,8 +23,10 @@ Message flow
     follower --Forward--> leader
     candidate --Prepare(b, from)--> all acceptors --Promise(b, accepted >= from) | Nack-->
     leader --Accept(b, first, [v...], commit_upto)--> all --Accepted(b, first, last) | Nack-->
-    leader --Commit(b, commit_upto)--> all acceptors   (every H ticks, or when nothing carries it)
-    leader --Heartbeat(b, delivered)--> other replicas  (every H ticks)
+    leader --Commit(b, commit_upto)--> all acceptors   (every H ticks)
+    leader --Commit(b, commit_upto)--> its own acceptor (when nothing else carries it)
+    leader --Chosen(b, first, [v...])--> other replicas (when a batch is chosen)
+    leader --Heartbeat(b, marked)--> other replicas     (every H ticks, and when marks arrive)
     learner --Fetch(from, limit)--> one acceptor at a time --Fetched(chosen entries)-->
 
 A candidate picks ``Ballot(round, id)`` with round above every round it used (persisted in
@@ -35,8 +37,13 @@ then proposes client values. Phase 2 cuts the queue into batches of consecutive 
 ``window`` batches in flight. A batch is chosen when a majority answered ``Accepted`` under the
 leader's ballot; the commit index is the end of the contiguous chosen prefix and rides on the
 next ``Accept`` or ``Commit``. Acceptors mark chosen the slots at or below it that they hold
-under that very ballot. The leader delivers a batch once an acceptor that accepted it confirms
-the mark, so everything any replica delivered is durably marked somewhere and can be fetched.
+under that very ballot. The leader hands a batch to its applier as soon as it is chosen and
+sends its values to the followers (``Chosen``), which may apply them too; but a replica
+*learns* a slot (the prefix that campaign and fetch rely on) only once it is marked at some
+acceptor: from a confirmed mark (leader), a Heartbeat saying so (follower), a fetch or a
+promise. Replicas apply at most ``early_apply`` slots beyond what they learned, so whatever a
+replica applied is either marked somewhere and fetchable, or within the slots its next phase 1
+recovers again.
 Any ``Nack`` or heartbeat with a higher ballot makes a leader or candidate step down.
 
 Why it is safe
@@ -66,8 +73,8 @@ from replicate.paxos.acceptor import (
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.learner import Learner
 from replicate.paxos.messages import (
-    NOOP, Accept, Accepted, AcceptedEntry, Addr, ChosenEntry, Commit, Committed, Envelope, Fetch,
-    Fetched, Forward, Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr,
+    NOOP, Accept, Accepted, AcceptedEntry, Addr, Chosen, ChosenEntry, Commit, Committed, Envelope,
+    Fetch, Fetched, Forward, Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr,
     replica_addr,
 )
 from replicate.paxos.proposer import Batch, Leadership, recover
@@ -77,7 +84,8 @@ from replicate.paxos.replica import (
 
 __all__ = [
     "Accept", "Accepted", "AcceptedEntry", "Acceptor", "AcceptorState", "AcceptorStorage",
-    "AcceptorWrite", "Addr", "Ballot", "Batch", "ChosenEntry", "Commit", "Committed", "Config",
+    "AcceptorWrite", "Addr", "Ballot", "Batch", "Chosen", "ChosenEntry", "Commit", "Committed",
+    "Config",
     "Envelope", "Fetch", "Fetched", "Forward", "HardState", "Heartbeat", "InMemoryAcceptorStorage",
     "Leadership", "Learner", "Message", "NOOP", "Nack", "Prepare", "Promise", "ProposeOutcome",
     "Ready", "Replica", "Role", "Value", "acceptor_addr", "recover", "replica_addr",

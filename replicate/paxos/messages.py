@@ -12,7 +12,8 @@ Messages, by direction:
 - replica -> acceptor (requests, one acceptor transaction each): ``Prepare``, ``Accept``,
   ``Commit``, ``Fetch``
 - acceptor -> replica (replies): ``Promise``, ``Accepted``, ``Committed``, ``Nack``, ``Fetched``
-- replica -> replica: ``Heartbeat`` (leader to followers), ``Forward`` (a proposal to the leader)
+- replica -> replica: ``Heartbeat`` and ``Chosen`` (leader to followers), ``Forward`` (a
+  proposal to the leader)
 """
 
 from __future__ import annotations
@@ -270,6 +271,31 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True)
+class Chosen:
+    """Leader to followers: ``values`` are chosen in slots ``first_slot``, ``first_slot + 1``,
+    ... (a majority accepted them under ``ballot``). Not yet marked at any acceptor, maybe:
+    a follower may apply them but learns them (for campaign and fetch) only once a Heartbeat
+    says they are marked."""
+
+    ballot: Ballot
+    first_slot: int
+    values: tuple[Value, ...]
+
+    def __post_init__(self) -> None:
+        _check_ballot(self.ballot)
+        _check_slot("first_slot", self.first_slot, 1)
+        if not isinstance(self.values, tuple) or not self.values:
+            raise ValueError("values must be a non-empty tuple")
+        for v in self.values:
+            if not isinstance(v, Value):
+                raise TypeError(f"values must hold Value, got {v!r}")
+
+    @property
+    def last_slot(self) -> int:
+        return self.first_slot + len(self.values) - 1
+
+
+@dataclass(frozen=True, slots=True)
 class Forward:
     """A follower hands a client's proposal to the leader it knows."""
 
@@ -283,7 +309,7 @@ class Forward:
 AcceptorRequest = Union[Prepare, Accept, Commit, Fetch]
 AcceptorReply = Union[Promise, Accepted, Committed, Nack, Fetched]
 Message = Union[Prepare, Accept, Commit, Fetch, Promise, Accepted, Committed, Nack, Fetched,
-                Heartbeat, Forward]
+                Heartbeat, Chosen, Forward]
 
 
 @dataclass(frozen=True, slots=True)

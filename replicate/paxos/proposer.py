@@ -145,13 +145,6 @@ class Leadership:
             self.commit_upto = nxt.last_slot
             nxt = self.batches.get(self.commit_upto + 1)
 
-    def chosen_value(self, slot: int) -> Value | None:
-        """The value chosen in ``slot`` if it is in a chosen batch still held here."""
-        for b in self.batches.values():
-            if b.first_slot <= slot <= b.last_slot:
-                return b.values[slot - b.first_slot] if b.chosen else None
-        return None
-
     def take_marked(self) -> list[Batch]:
         """Remove and return the chosen batches an acceptor confirmed marked, ascending."""
         done = [b for b in self.batches.values() if b.marked]

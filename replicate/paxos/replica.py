@@ -35,7 +35,8 @@ from typing import Protocol
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.learner import Learner
 from replicate.paxos.messages import (
-    Accept, Accepted, Addr, ChosenEntry, Commit, Committed, Envelope, Fetch, Fetched, Forward,
+    Accept, Accepted, Addr, Chosen, ChosenEntry, Commit, Committed, Envelope, Fetch, Fetched,
+    Forward,
     Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr, replica_addr,
 )
 from replicate.paxos.proposer import Leadership, recover
@@ -131,6 +132,7 @@ class Replica:
         # and the slots above it are learned again (never handed out twice: _emitted).
         self.learner = Learner(max(0, delivered_upto - config.early_apply))
         self._emitted = delivered_upto       # every slot <= this was handed out in Ready.chosen
+        self._early: dict[int, Value] = {}   # known chosen, not yet learned (maybe unmarked)
         self._promises: dict[int, Promise] = {}
         self._from_slot = 1
         self._waiting: list[Value] = []      # proposals received while campaigning
@@ -251,6 +253,8 @@ class Replica:
                 self._learn_marked()
         elif isinstance(msg, Heartbeat):
             self._on_heartbeat(src, msg)
+        elif isinstance(msg, Chosen):
+            self._on_chosen(src, msg)
         elif isinstance(msg, Fetched):
             for e in msg.entries:
                 self.learner.learn(e.slot, e.value)
@@ -315,24 +319,40 @@ class Replica:
             self.leader = None
         self._reset_election_timer()
 
+    def _on_chosen(self, src: int, msg: Chosen) -> None:
+        """Values the leader saw chosen: apply them early, learn them once marked."""
+        self._follow(src, msg.ballot)
+        limit = self.learner.delivered_upto + 16 * max(1, self.config.early_apply)
+        for i, value in enumerate(msg.values):
+            slot = msg.first_slot + i
+            if self.learner.delivered_upto < slot <= limit:
+                self._early.setdefault(slot, value)
+
     def _on_heartbeat(self, src: int, msg: Heartbeat) -> None:
-        self._observe(msg.ballot)
-        if self.role is not Role.FOLLOWER and msg.ballot > self.ballot:
-            self._step_down()
-        if self.role is Role.CANDIDATE and self._fruitless and msg.ballot >= self._leader_ballot:
-            # our last attempt reached no majority of acceptors (we may be cut off from them)
-            # and a live leader exists: stop campaigning, even though its ballot is lower
-            self._step_down()
-        if msg.ballot >= self._leader_ballot and self.role is Role.FOLLOWER:
-            self._leader_ballot = msg.ballot
-            self.leader = src
-            self._reset_election_timer()
+        self._follow(src, msg.ballot)
+        # slots <= commit_upto are marked: what we hold of them early is learned now
+        for slot in [s for s in self._early if s <= msg.commit_upto]:
+            self.learner.learn(slot, self._early.pop(slot))
         was_lagging = self.learner.lagging()
         self.learner.hint(msg.commit_upto)
         if self.learner.lagging() and not was_lagging:
             # newly behind: fetch at once rather than at the next fetch tick, from the acceptor
             # in the leader's own node, which the leader marks first (see _pump)
             self._fetch_now(src if msg.ballot >= self._leader_ballot else None)
+
+    def _follow(self, src: int, ballot: Ballot) -> None:
+        """A message from a leader under ``ballot``: step down or follow it."""
+        self._observe(ballot)
+        if self.role is not Role.FOLLOWER and ballot > self.ballot:
+            self._step_down()
+        if self.role is Role.CANDIDATE and self._fruitless and ballot >= self._leader_ballot:
+            # our last attempt reached no majority of acceptors (we may be cut off from them)
+            # and a live leader exists: stop campaigning, even though its ballot is lower
+            self._step_down()
+        if ballot >= self._leader_ballot and self.role is Role.FOLLOWER:
+            self._leader_ballot = ballot
+            self.leader = src
+            self._reset_election_timer()
 
     def _fetch_now(self, acceptor: int | None = None) -> None:
         self._fetch_elapsed = 0
@@ -402,10 +422,22 @@ class Replica:
             self._send(acceptor_addr(self.id), Commit(self.ballot, lead.commit_upto))
 
     def _on_accepted(self, src: int, msg: Accepted) -> None:
-        if self.lead is None or msg.ballot != self.ballot:
+        lead = self.lead
+        if lead is None or msg.ballot != self.ballot:
             return
         self._heard.add(src)
-        self.lead.on_accepted(src, msg.first_slot, msg.last_slot, msg.commit_upto)
+        before = lead.commit_upto
+        lead.on_accepted(src, msg.first_slot, msg.last_slot, msg.commit_upto)
+        slot = before + 1
+        while slot <= lead.commit_upto:  # newly chosen batches: apply them, tell the followers
+            b = lead.batches[slot]
+            for i, value in enumerate(b.values):
+                self._early[b.first_slot + i] = value
+            chosen = Chosen(self.ballot, b.first_slot, b.values)
+            for i in range(self.config.n):
+                if i != self.id:
+                    self._send(replica_addr(i), chosen)
+            slot = b.last_slot + 1
         self._learn_marked()
         self._pump()
 
@@ -450,14 +482,14 @@ class Replica:
                 if entry.slot > self._emitted:
                     self._chosen.append(entry)
                     self._emitted = entry.slot
-        lead = self.lead
-        if lead is not None and self.config.early_apply:
-            # Chosen under our ballot (a majority accepted it) but not yet marked anywhere:
-            # safe to apply; the learner catches up when the mark is confirmed.
-            last = min(lead.commit_upto, self.learner.delivered_upto + self.config.early_apply)
-            while self._emitted < last:
-                value = lead.chosen_value(self._emitted + 1)
-                if value is None:
-                    break
+        early = self._early
+        if early:
+            # Chosen (a majority accepted it) but maybe not marked anywhere yet: safe to apply;
+            # the learner catches up when a mark is confirmed.
+            learned = self.learner.delivered_upto
+            last = learned + self.config.early_apply
+            while self._emitted < last and self._emitted + 1 in early:
                 self._emitted += 1
-                self._chosen.append(ChosenEntry(self._emitted, value))
+                self._chosen.append(ChosenEntry(self._emitted, early[self._emitted]))
+            for slot in [s for s in early if s <= learned]:
+                del early[slot]

@@ -53,7 +53,8 @@ from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.paxos import Config as PaxosConfig
 from replicate.paxos import HardState, Replica, Role
 from replicate.paxos.messages import (
-    AcceptorReply, ChosenEntry, Commit, Committed, Envelope, Fetch, Forward, Heartbeat, Value,
+    AcceptorReply, Chosen, ChosenEntry, Commit, Committed, Envelope, Fetch, Forward, Heartbeat,
+    Value,
     acceptor_addr,
     replica_addr,
 )
@@ -203,8 +204,8 @@ class Engine:
     def _on_acceptor_reply(self, index: int, reply: AcceptorReply) -> None:
         self._events.put_nowait(("step", Envelope(acceptor_addr(index), replica_addr(self.index), reply)))
 
-    def deliver_peer_frame(self, sender: int, frame: Heartbeat | Forward) -> None:
-        """A Heartbeat or Forward from proxy ``sender`` (called by the server)."""
+    def deliver_peer_frame(self, sender: int, frame: Heartbeat | Chosen | Forward) -> None:
+        """A Heartbeat, Chosen or Forward from proxy ``sender`` (called by the server)."""
         if 0 <= sender < self.n and sender != self.index:
             self._events.put_nowait(("step", Envelope(replica_addr(sender), replica_addr(self.index), frame)))
 
@@ -274,7 +275,7 @@ class Engine:
     def _send(self, env: Envelope) -> None:
         if env.dst.role == "acceptor":
             self.links[env.dst.id].send(env.msg)
-        elif env.dst.id in self.peers and isinstance(env.msg, (Heartbeat, Forward)):
+        elif env.dst.id in self.peers and isinstance(env.msg, (Heartbeat, Chosen, Forward)):
             self.peers[env.dst.id].send(env.msg)
 
     def _observe_leadership(self, rep: Replica) -> None:

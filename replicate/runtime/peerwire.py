@@ -16,6 +16,8 @@ type  frame                   body
 ``I`` Hello                   int32 sender replica id (-1: a client, not a proxy)
 ``H`` Heartbeat (core)        int64 round, int32 proposer, int64 commit_upto
 ``F`` Forward (core)          str request_id, bytes payload
+``C`` Chosen (core)           int64 round, int32 proposer, int64 first_slot, int32 n,
+                              n x (str request_id, bytes payload)
 ``S`` Submit                  int64 token, str request_id, bytes payload (an Entry)
 ``O`` SubmitReply             int64 token, bytes JSON (an Outcome or an error)
 ``R`` ReadIndexRequest        int64 token
@@ -37,7 +39,7 @@ from typing import Union
 
 from replicate.errors import ProtocolError
 from replicate.paxos.ballot import Ballot
-from replicate.paxos.messages import Forward, Heartbeat, Value
+from replicate.paxos.messages import Chosen, Forward, Heartbeat, Value
 
 PEER_CODE = 80877199          # PostgreSQL uses 196608 (v3), 80877102..80877104
 STARTUP = struct.pack("!ii", 8, PEER_CODE)
@@ -86,7 +88,7 @@ class StatusReply:
     body: bytes
 
 
-Frame = Union[Hello, Heartbeat, Forward, Submit, SubmitReply, ReadIndexRequest, ReadIndexReply,
+Frame = Union[Hello, Heartbeat, Chosen, Forward, Submit, SubmitReply, ReadIndexRequest, ReadIndexReply,
               StatusRequest, StatusReply]
 
 
@@ -106,6 +108,11 @@ def encode(frame: Frame) -> bytes:
                                        frame.commit_upto)
     elif isinstance(frame, Forward):
         kind, body = b"F", _str(frame.value.request_id) + _bytes(frame.value.payload)
+    elif isinstance(frame, Chosen):
+        kind = b"C"
+        body = struct.pack("!qiqi", frame.ballot.round, frame.ballot.proposer, frame.first_slot,
+                           len(frame.values)) + b"".join(
+            _str(v.request_id) + _bytes(v.payload) for v in frame.values)
     elif isinstance(frame, Hello):
         kind, body = b"I", struct.pack("!i", frame.sender)
     elif isinstance(frame, Submit):
@@ -166,6 +173,12 @@ def decode_body(kind: bytes, body: bytes) -> Frame:
             frame: Frame = Heartbeat(Ballot(rnd, proposer), commit)
         elif kind == b"F":
             frame = Forward(Value(r.str_(), r.bytes_()))
+        elif kind == b"C":
+            rnd, proposer, first, n = r.unpack("!qiqi")
+            if n < 0 or n > len(body):
+                raise ProtocolError("peer frame 'C' has an impossible value count")
+            frame = Chosen(Ballot(rnd, proposer), first,
+                           tuple(Value(r.str_(), r.bytes_()) for _ in range(n)))
         elif kind == b"I":
             (sender,) = r.unpack("!i")
             frame = Hello(sender)

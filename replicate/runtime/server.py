@@ -1,7 +1,7 @@
 """The proxy's listener: one port for peers (other proxies, tools) and PostgreSQL clients.
 
 The first 8 bytes of a connection tell them apart (see ``peerwire``). Peer
-connections carry frames to the engine: Heartbeat and Forward into the Paxos
+connections carry frames to the engine: Heartbeat, Chosen and Forward into the Paxos
 driver; Submit, ReadIndexRequest and StatusRequest are answered on the same
 connection, concurrently (one task per request, replies tagged by token).
 ReadIndexRequest means two things: from a proxy, "you are the leader: give me
@@ -20,7 +20,7 @@ import logging
 import struct
 
 from replicate.errors import ProtocolError, ReplicateError
-from replicate.paxos.messages import Forward, Heartbeat
+from replicate.paxos.messages import Chosen, Forward, Heartbeat
 from replicate.runtime import peerwire
 from replicate.runtime.engine import Engine
 from replicate.runtime.relay import backend_address, relay_client
@@ -102,7 +102,7 @@ class ProxyServer:
                         if not isinstance(frame, peerwire.Hello):
                             raise ProtocolError("a peer must say Hello first")
                         sender = frame.sender
-                    elif isinstance(frame, (Heartbeat, Forward)):
+                    elif isinstance(frame, (Heartbeat, Chosen, Forward)):
                         self.engine.deliver_peer_frame(sender, frame)
                     elif isinstance(frame, (peerwire.Submit, peerwire.ReadIndexRequest,
                                             peerwire.StatusRequest)):

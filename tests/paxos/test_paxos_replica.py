@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 from replicate.paxos import (
-    Accept, Accepted, Ballot, Commit, Committed, Config, Envelope, HardState, Heartbeat, Nack,
-    Prepare,
-    ProposeOutcome, Promise, Replica, Role, Value, acceptor_addr, replica_addr,
+    Accept, Accepted, Ballot, Chosen, Commit, Committed, Config, Envelope, Fetch, HardState,
+    Heartbeat, Nack, Prepare, ProposeOutcome, Promise, Replica, Role, Value, acceptor_addr,
+    replica_addr,
 )
 
 CFG = Config(n=3, election_ticks=10, heartbeat_ticks=3)
@@ -238,3 +238,27 @@ def test_a_fresh_candidate_ignores_a_leader_with_a_lower_ballot() -> None:
     r.campaign()
     r.step(Envelope(replica_addr(0), r.addr, Heartbeat(Ballot(0, 0), 0)))
     assert r.role is Role.CANDIDATE
+
+
+def test_a_follower_applies_pushed_values_and_learns_them_once_marked() -> None:
+    r = make(2)
+    leader = Ballot(1, 0)
+    r.step(Envelope(replica_addr(0), r.addr, Chosen(leader, 1, (Value("a", b"1"),
+                                                               Value("b", b"2")))))
+    rd = take(r)
+    assert [(c.slot, c.value.request_id) for c in rd.chosen] == [(1, "a"), (2, "b")]
+    assert r.leader == 0 and r.learner.delivered_upto == 0  # applied, not learned
+    r.step(Envelope(replica_addr(0), r.addr, Heartbeat(leader, 2)))  # both are marked now
+    rd = take(r)
+    assert rd.chosen == () and not any(type(e.msg) is Fetch for e in rd.messages)
+    assert r.learner.delivered_upto == 2
+    r.step(Envelope(replica_addr(0), r.addr, Heartbeat(leader, 3)))  # slot 3 never pushed
+    assert [e.msg for e in take(r).messages if type(e.msg) is Fetch] == [Fetch(3, CFG.fetch_limit)]
+
+
+def test_a_follower_that_campaigns_recovers_what_it_applied_unmarked() -> None:
+    r = make(2)
+    r.step(Envelope(replica_addr(0), r.addr, Chosen(Ballot(1, 0), 1, (Value("a", b"1"),))))
+    assert [c.slot for c in take(r).chosen] == [1]
+    r.campaign()
+    assert {e.msg.from_slot for e in take(r).messages if type(e.msg) is Prepare} == {1}

@@ -9,7 +9,8 @@ import random
 from typing import Callable
 
 from replicate.paxos import (
-    Accept, Accepted, Acceptor, Commit, Committed, Config, Envelope, Fetch, Fetched, Forward,
+    Accept, Accepted, Acceptor, Chosen, Commit, Committed, Config, Envelope, Fetch, Fetched,
+    Forward,
     HardState, Heartbeat, InMemoryAcceptorStorage, Nack, Prepare, Promise, Replica, Value,
 )
 
@@ -46,6 +47,9 @@ def fmt(msg: object) -> str:
         return f"fetched from={msg.from_slot} [{entries}]"
     if isinstance(msg, Heartbeat):
         return f"heartbeat b={msg.ballot} commit={msg.commit_upto}"
+    if isinstance(msg, Chosen):
+        vals = " ".join(fmt_value(v) for v in msg.values)
+        return f"chosen b={msg.ballot} slots={msg.first_slot}..{msg.last_slot} [{vals}]"
     if isinstance(msg, Forward):
         return f"forward {fmt_value(msg.value)}"
     raise TypeError(msg)

@@ -8,14 +8,15 @@ from hypothesis import strategies as st
 
 from replicate.errors import ProtocolError
 from replicate.paxos.ballot import Ballot
-from replicate.paxos.messages import Forward, Heartbeat, Value
+from replicate.paxos.messages import NOOP, Chosen, Forward, Heartbeat, Value
 from replicate.runtime.peerwire import (STARTUP, FrameDecoder, Hello, ReadIndexReply,
                                         ReadIndexRequest, StatusReply, StatusRequest, Submit,
                                         SubmitReply, encode, is_peer_startup)
 
 FRAMES = [Hello(2), Hello(-1), Heartbeat(Ballot(3, 1), 17), Forward(Value("p1-9", b"\x00xyz")),
           Submit(5, "r-1", "é".encode()), SubmitReply(5, b'{"ok":1}'), ReadIndexRequest(9),
-          ReadIndexReply(9, True, 42), StatusRequest(1), StatusReply(1, b"{}")]
+          ReadIndexReply(9, True, 42), StatusRequest(1), StatusReply(1, b"{}"),
+          Chosen(Ballot(3, 1), 18, (Value("p1-10", b"\x00a"), NOOP, Value("é", b"")))]
 
 
 def decode_all(data: bytes, step: int) -> list:
