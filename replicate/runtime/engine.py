@@ -244,11 +244,18 @@ class Engine:
             ready = rep.ready()
             if ready.hard_state is not None:
                 await self._persist(ready.hard_state)
+            # Each send and the apply only wake a task; they run in this order. Accepts first
+            # (the next round), then the apply a client may be waiting for, then the peers:
+            # applying chosen values never depends on a message being sent.
             for env in ready.messages:
-                self._send(env)
+                if env.dst.role == "acceptor":
+                    self._send(env)
             if ready.chosen:
                 self._to_apply.extend(ready.chosen)
                 self._apply_wakeup.set()
+            for env in ready.messages:
+                if env.dst.role != "acceptor":
+                    self._send(env)
             rep.advance(ready)
 
     async def _persist(self, hard: HardState) -> None:
