@@ -36,8 +36,10 @@ class AcceptorLink:
     """Sends acceptor requests to one PostgreSQL node over one connection."""
 
     def __init__(self, index: int, dsn: str, on_reply: Callable[[int, AcceptorReply], None], *,
-                 connect_timeout: float = 2.0, request_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0, request_timeout: float = 2.0,
+                 application_name: str = "replicate acceptor") -> None:
         self.index = index
+        self.application_name = application_name
         self.dsn = dsn
         self.on_reply = on_reply
         self.connect_timeout = connect_timeout
@@ -53,7 +55,8 @@ class AcceptorLink:
         self.dropped = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"acceptor-link-{self.index}")
+        self._task = asyncio.create_task(
+            self._run(), name=f"{self.application_name.replace(' ', '-')}-{self.index}")
 
     async def stop(self) -> None:
         if self._task:
@@ -101,7 +104,7 @@ class AcceptorLink:
         self._conn = await asyncio.wait_for(
             psycopg.AsyncConnection.connect(self.dsn, autocommit=True,
                                             connect_timeout=max(1, int(self.connect_timeout)),
-                                            application_name="replicate acceptor"),
+                                            application_name=self.application_name),
             self.connect_timeout + 1)
         self.connected = True
         self.last_error = None
