@@ -525,6 +525,8 @@ class Engine:
             except asyncio.TimeoutError:
                 _answer(reads, NotLeader("no majority confirmed the leadership in time"))
             except Exception as exc:  # noqa: BLE001 - NotLeader or a bug: the reads fail
+                if not isinstance(exc, ReplicateError):
+                    log.exception("%s: a read confirmation round failed", self.name)
                 _answer(reads, exc)
             finally:
                 rounds.end()
@@ -601,6 +603,8 @@ class Engine:
             except asyncio.TimeoutError:
                 _answer(reads, NotLeader("the leader did not answer a read-index request in time"))
             except Exception as exc:  # noqa: BLE001 - NotLeader, unreachable, or a bug
+                if not isinstance(exc, (ReplicateError, OSError)):
+                    log.exception("%s: a read-index request to the leader failed", self.name)
                 _answer(reads, exc)
             finally:
                 rounds.end()
@@ -623,12 +627,15 @@ class Engine:
             raise
 
     async def _leader_channel(self, leader: int) -> ProxyClient:
-        """The persistent connection to proxy ``leader`` for read-index requests."""
+        """The persistent connection to proxy ``leader`` for read-index requests.
+
+        Connections to earlier leaders are closed when a new one is dialled.
+        """
         channel = self._leader_channels.get(leader)
         if channel is not None and channel.connected:
             return channel
-        if channel is not None:
-            await self._drop_channel(leader, channel)
+        for other, stale in list(self._leader_channels.items()):  # incl. a dead one to leader
+            await self._drop_channel(other, stale)
         node = self.config.nodes[leader]
         channel = await ProxyClient(node.proxy_host, node.proxy_port, sender=self.index).connect(
             self.settings.leader_read_timeout_s)

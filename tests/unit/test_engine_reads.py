@@ -289,3 +289,24 @@ def test_follower_read_arriving_during_a_request_waits_for_the_next_one() -> Non
         await leader.stop()
 
     asyncio.run(run())
+
+
+def test_follower_moves_its_connection_to_a_new_leader() -> None:
+    async def run() -> None:
+        old, new = FakeLeader(), FakeLeader()
+        old.auto_reply, new.auto_reply = 3, 5
+        old_port, new_port = await old.start(), await new.start()
+        engine = Engine(config((old_port, new_port, 3)), "n3")
+        engine.replica = SimpleNamespace(role=Role.FOLLOWER, ballot=Ballot(0, 2), leader=0,
+                                         commit_index=None, recovered_upto=None,
+                                         delivered_upto=0)
+        assert await engine.read_index() == 3
+        engine.replica.leader = 1                  # an election elsewhere
+        assert await engine.read_index() == 5
+        assert (old.connections, new.connections) == (1, 1)
+        assert list(engine._leader_channels) == [1]  # the old leader's connection is closed
+        await engine.stop()
+        await old.stop()
+        await new.stop()
+
+    asyncio.run(run())
