@@ -1,6 +1,8 @@
 """A client of a replicate proxy's peer port: submit entries, read status (tools and tests).
 
-One connection multiplexes concurrent requests, matched to replies by token.
+One connection multiplexes concurrent requests, matched to replies by token. A
+follower proxy uses one as its persistent connection to the leader for read-index
+requests (``sender`` = its replica id, ``leader_read_index``).
 """
 
 from __future__ import annotations
@@ -16,9 +18,12 @@ from replicate.runtime import peerwire
 
 
 class ProxyClient:
-    def __init__(self, host: str, port: int) -> None:
+    """One connection to a proxy's peer port; ``sender`` is what it says in its Hello."""
+
+    def __init__(self, host: str, port: int, *, sender: int = peerwire.CLIENT) -> None:
         self.host = host
         self.port = port
+        self.sender = sender
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task | None = None
         self._pending: dict[int, asyncio.Future] = {}
@@ -30,10 +35,15 @@ class ProxyClient:
                 asyncio.open_connection(self.host, self.port), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise NodeUnavailable(f"cannot reach the proxy at {self.host}:{self.port}: {exc}") from None
-        writer.write(peerwire.STARTUP + peerwire.encode(peerwire.Hello(peerwire.CLIENT)))
+        writer.write(peerwire.STARTUP + peerwire.encode(peerwire.Hello(self.sender)))
         self._writer = writer
         self._reader_task = asyncio.create_task(self._read(reader))
         return self
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up (the proxy has not closed it)."""
+        return self._reader_task is not None and not self._reader_task.done()
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -89,6 +99,16 @@ class ProxyClient:
         reply = await self._request(lambda t: peerwire.ReadIndexRequest(t), timeout)
         if not reply.ok:
             raise ReplicateError("the proxy could not confirm a read index", sqlstate="57P03")
+        return reply.index
+
+    async def leader_read_index(self, timeout: float = 2.0) -> int:
+        """From a proxy (``sender`` >= 0): the leader's confirmed commit index, no local wait."""
+        if self.sender == peerwire.CLIENT:
+            raise ValueError("leader_read_index is for proxies; clients use barrier()")
+        reply = await self._request(lambda t: peerwire.ReadIndexRequest(t), timeout)
+        if not reply.ok:
+            raise ReplicateError("the proxy asked is not the leader or lost the leadership",
+                                 sqlstate="57P03")
         return reply.index
 
     async def status(self, timeout: float = 5.0) -> dict[str, Any]:

@@ -29,8 +29,10 @@ Read index (``read_index``): the leader answers with its commit index once
 (a) it has committed everything it recovered in phase 1, so every slot any
 earlier leader may have acknowledged is below the index, and (b) a majority
 of acceptors has answered a ``Commit`` under its ballot sent after the
-request arrived, so it was still the leader when the read began. Followers
-ask the leader over the peer protocol.
+request arrived, so it was still the leader when the read began. Concurrent
+reads share such confirmation rounds (``leader_read_index``). Followers ask
+the leader over one persistent peer connection, and concurrent follower reads
+share one request (``_ask_leader_read_index``).
 """
 
 from __future__ import annotations
@@ -58,9 +60,10 @@ from replicate.paxos.messages import (
     acceptor_addr,
     replica_addr,
 )
-from replicate.runtime import peerwire
 from replicate.runtime.applier import Applier, ApplyGap, LocalApplyError
+from replicate.runtime.client import ProxyClient
 from replicate.runtime.links import AcceptorLink, PeerLink
+from replicate.runtime.readrounds import SharedRounds
 from replicate.runtime.schema import ainstall
 
 log = logging.getLogger("replicate.engine")
@@ -88,6 +91,10 @@ class EngineSettings:
     apply_batch: int = 256
     request_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
+    # Read confirmations (Commit) on a second connection per acceptor, so that they do not wait
+    # behind queued Accepts and fetches (docs/decisions.md, "Linearizable reads").
+    confirm_connections: bool = True
+    leader_read_timeout_s: float = 2.0  # a follower's read-index request to the leader
 
 
 class Engine:
@@ -106,7 +113,6 @@ class Engine:
         self.paxos_config = settings.paxos or PaxosConfig(n=self.n, window=2, max_batch=64)
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
-        self._tokens = itertools.count(1)
         self.replica: Replica | None = None
         self._events: asyncio.Queue = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
@@ -114,6 +120,12 @@ class Engine:
                                    connect_timeout=settings.connect_timeout_s,
                                    request_timeout=settings.request_timeout_s)
                       for i, n in enumerate(config.nodes)]
+        self.confirm_links = ([AcceptorLink(i, n.dsn, self._on_acceptor_reply,
+                                            connect_timeout=settings.connect_timeout_s,
+                                            request_timeout=settings.request_timeout_s,
+                                            application_name="replicate confirm")
+                               for i, n in enumerate(config.nodes)]
+                              if settings.confirm_connections else self.links)
         self.peers: dict[int, PeerLink] = {
             i: PeerLink(self.index, i, n.proxy_host, n.proxy_port)
             for i, n in enumerate(config.nodes) if i != self.index}
@@ -130,9 +142,11 @@ class Engine:
         self.stalled: str | None = None
         self.control_version = 0   # bumped whenever a control entry (e.g. register) applied
         self._read_waiters: list[tuple[asyncio.Future, float]] = []
-        self._peer_requests: dict[int, asyncio.Future] = {}
-        self._peer_client: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
-        self._peer_client_lock = asyncio.Lock()
+        self._leader_reads: SharedRounds[asyncio.Future] = SharedRounds()
+        self._follower_reads: SharedRounds[asyncio.Future] = SharedRounds()
+        self._read_tasks: set[asyncio.Task] = set()
+        self._leader_channels: dict[int, ProxyClient] = {}  # follower -> leader, read index
+        self.leader_connections = 0  # connections opened to a leader for read-index requests
         self.started_at = time.monotonic()
         self.ready = asyncio.Event()  # set once start() loaded the local state
 
@@ -153,13 +167,16 @@ class Engine:
         self.applied_upto = applied
         self.replica = Replica(self.index, self.paxos_config, random.Random(),
                                hard_state=HardState(round_), delivered_upto=applied)
-        for link in self.links:
+        for link in self._all_links():
             link.start()
         for peer in self.peers.values():
             peer.start()
         self.ready.set()
         self._tasks = [asyncio.create_task(self._supervise(loop), name=loop.__name__)
                        for loop in (self._drive, self._tick, self._apply_loop)]
+
+    def _all_links(self) -> list[AcceptorLink]:
+        return self.links + [l for l in self.confirm_links if l not in self.links]
 
     async def _supervise(self, loop) -> None:
         """Run one of the engine's loops; a bug in it is logged and the loop restarted."""
@@ -189,7 +206,17 @@ class Engine:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        for link in self.links:
+        for task in list(self._read_tasks):
+            task.cancel()
+        await asyncio.gather(*self._read_tasks, return_exceptions=True)
+        for rounds in (self._leader_reads, self._follower_reads):
+            for fut in rounds.clear():
+                if not fut.done():
+                    fut.set_exception(NodeUnavailable("the proxy is shutting down"))
+        for channel in self._leader_channels.values():
+            await channel.close()
+        self._leader_channels.clear()
+        for link in self._all_links():
             await link.stop()
         for peer in self.peers.values():
             await peer.stop()
@@ -465,46 +492,172 @@ class Engine:
             await asyncio.sleep(0.05)
 
     async def leader_read_index(self) -> int:
+        """At the leader: a commit index covering every write acknowledged before this call.
+
+        Reads share confirmation rounds (etcd raft's ReadIndex batching). One round at a time
+        is in flight; a round covers exactly the reads that arrived before it began, and a read
+        that arrives while a round is in flight waits for the next one. A round: wait until
+        this leader's commit index reaches what it recovered in phase 1; take that commit
+        index; send ``Commit(ballot, index)`` to every acceptor; answer its reads with the
+        index once a majority replied ``Committed`` under this ballot.
+
+        Why that is linearizable. Let a read arrive at time t. Its round began after t, so the
+        index is at least the commit index at t, and the round's Commits were sent after t.
+        A majority of acceptors answered them under this leader's ballot, so at those moments
+        none of them had promised a higher ballot; any higher-ballot leader needs promises from
+        a majority, which meets that one, so none completed phase 1 before t. Every write
+        acknowledged before t was therefore chosen under this leader (at a slot it committed,
+        so <= its commit index at t) or under an earlier one (so <= recovered_upto <= index).
+        An index taken before t, or confirmed by a round sent before t, has no such argument:
+        a newer leader could have acknowledged writes in between.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        if self._leader_reads.arrive(fut):
+            self._spawn_read_task(self._leader_rounds())
+        return await fut
+
+    def _spawn_read_task(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self._read_tasks.add(task)
+        task.add_done_callback(self._read_tasks.discard)
+
+    async def _leader_rounds(self) -> None:
+        """Run confirmation rounds until no read waits for one."""
+        rounds = self._leader_reads
+        while (reads := rounds.begin()) is not None:
+            try:
+                if any(not fut.done() for fut in reads):  # all callers may have given up
+                    index = await asyncio.wait_for(self._confirm_round(),
+                                                   2 * self.settings.request_timeout_s)
+                    _answer(reads, index)
+            except asyncio.CancelledError:
+                _answer(reads, NodeUnavailable("the proxy is shutting down"))
+                raise
+            except asyncio.TimeoutError:
+                _answer(reads, NotLeader("no majority confirmed the leadership in time"))
+            except Exception as exc:  # noqa: BLE001 - NotLeader or a bug: the reads fail
+                if not isinstance(exc, ReplicateError):
+                    log.exception("%s: a read confirmation round failed", self.name)
+                _answer(reads, exc)
+            finally:
+                rounds.end()
+
+    async def _confirm_round(self) -> int:
+        """One confirmation round (see ``leader_read_index``); the confirmed commit index."""
+        rep = self.replica
+        if rep is None:
+            raise NotLeader("this proxy is starting")
         fut = asyncio.get_running_loop().create_future()
         self._read_waiters.append((fut, time.monotonic()))
-        self._observe_leadership(self.replica)  # resolves at once if recovery is done
+        self._observe_leadership(rep)  # resolves at once if recovery is done
         ballot, index = await fut
-        confirmations = [link.call(Commit(ballot, index)) for link in self.links]
+        await self._majority_committed(
+            ballot, [link.call(Commit(ballot, index)) for link in self.confirm_links])
+        return index
+
+    async def _majority_committed(self, ballot, replies: list[asyncio.Future]) -> None:
+        """Return once a majority of ``replies`` is ``Committed`` under ``ballot``.
+
+        Raises NotLeader on a refusal (a higher promise) or once no majority is possible. An
+        unreachable acceptor is just not a vote; every reply is consumed, also late ones.
+        """
         needed = self.n // 2 + 1
-        ok = 0
-        for next_done in asyncio.as_completed(confirmations):
-            try:
-                reply = await next_done
-            except Exception:  # noqa: BLE001 - an unreachable acceptor is just not a vote
-                continue
-            if isinstance(reply, Committed) and reply.ballot == ballot:
-                ok += 1
-                if ok >= needed:
-                    return index
+        done = asyncio.get_running_loop().create_future()
+        counts = {"ok": 0, "failed": 0}
+
+        def on_reply(reply_fut: asyncio.Future) -> None:
+            if reply_fut.cancelled():
+                reply, failed = None, True
+            elif reply_fut.exception() is not None:
+                reply, failed = None, True
             else:
-                raise NotLeader("an acceptor promised a higher ballot")
-        raise NotLeader("no majority confirmed the leadership")
+                reply, failed = reply_fut.result(), False
+            if done.done():
+                return
+            if not failed and not (isinstance(reply, Committed) and reply.ballot == ballot):
+                done.set_exception(NotLeader("an acceptor promised a higher ballot"))
+                return
+            counts["failed" if failed else "ok"] += 1
+            if counts["ok"] >= needed:
+                done.set_result(None)
+            elif len(replies) - counts["failed"] < needed:
+                done.set_exception(NotLeader("no majority confirmed the leadership"))
+
+        for reply_fut in replies:
+            reply_fut.add_done_callback(on_reply)
+        await done
 
     async def _ask_leader_read_index(self, leader: int) -> int:
-        token = next(self._tokens)
-        node = self.config.nodes[leader]
-        reader, writer = await asyncio.open_connection(node.proxy_host, node.proxy_port)
+        """At a follower: a read index from the leader, sent after this call.
+
+        Concurrent follower reads share one request, like the leader's rounds: a request
+        covers exactly the reads that arrived before it was sent, so the leader received it
+        after each of them arrived, and its answer is a read index for all of them. Requests
+        go over one persistent connection per leader (``_leader_channel``). ``leader`` is
+        the leader the caller knows; the request goes to the leader known when it is sent.
+        """
+        fut = asyncio.get_running_loop().create_future()
+        if self._follower_reads.arrive(fut):
+            self._spawn_read_task(self._follower_rounds())
+        return await fut
+
+    async def _follower_rounds(self) -> None:
+        """Send read-index requests to the leader until no read waits for one."""
+        rounds = self._follower_reads
+        while (reads := rounds.begin()) is not None:
+            try:
+                if any(not fut.done() for fut in reads):
+                    _answer(reads, await self._request_read_index())
+            except asyncio.CancelledError:
+                _answer(reads, NodeUnavailable("the proxy is shutting down"))
+                raise
+            except asyncio.TimeoutError:
+                _answer(reads, NotLeader("the leader did not answer a read-index request in time"))
+            except Exception as exc:  # noqa: BLE001 - NotLeader, unreachable, or a bug
+                if not isinstance(exc, (ReplicateError, OSError)):
+                    log.exception("%s: a read-index request to the leader failed", self.name)
+                _answer(reads, exc)
+            finally:
+                rounds.end()
+
+    async def _request_read_index(self) -> int:
+        rep = self.replica
+        leader = rep.leader if rep is not None else None
+        if leader is None or leader == self.index:
+            raise NotLeader("no leader known to ask for a read index")
+        channel = await self._leader_channel(leader)
         try:
-            writer.write(peerwire.STARTUP + peerwire.encode(peerwire.Hello(self.index))
-                         + peerwire.encode(peerwire.ReadIndexRequest(token)))
-            decoder = peerwire.FrameDecoder()
-            while True:
-                data = await reader.read(65536)
-                if not data:
-                    raise NotLeader("the leader closed the connection")
-                decoder.feed(data)
-                frame = decoder.next_frame()
-                if isinstance(frame, peerwire.ReadIndexReply) and frame.token == token:
-                    if not frame.ok:
-                        raise NotLeader("the proxy asked is no longer the leader")
-                    return frame.index
-        finally:
-            writer.close()
+            return await channel.leader_read_index(self.settings.leader_read_timeout_s)
+        except ReplicateError as exc:
+            if exc.sqlstate == "57P03":  # the proxy answered: it is not (or no longer) leader
+                raise NotLeader(exc.message) from None
+            await self._drop_channel(leader, channel)
+            raise
+        except BaseException:  # a timeout, a closed connection: reconnect next time
+            await self._drop_channel(leader, channel)
+            raise
+
+    async def _leader_channel(self, leader: int) -> ProxyClient:
+        """The persistent connection to proxy ``leader`` for read-index requests.
+
+        Connections to earlier leaders are closed when a new one is dialled.
+        """
+        channel = self._leader_channels.get(leader)
+        if channel is not None and channel.connected:
+            return channel
+        for other, stale in list(self._leader_channels.items()):  # incl. a dead one to leader
+            await self._drop_channel(other, stale)
+        node = self.config.nodes[leader]
+        channel = await ProxyClient(node.proxy_host, node.proxy_port, sender=self.index).connect(
+            self.settings.leader_read_timeout_s)
+        self._leader_channels[leader] = channel
+        self.leader_connections += 1
+        return channel
+
+    async def _drop_channel(self, leader: int, channel: ProxyClient) -> None:
+        if self._leader_channels.get(leader) is channel:
+            del self._leader_channels[leader]
+        await channel.close()
 
     # ------------------------------------------------------------------ status
     def status(self) -> dict[str, Any]:
@@ -524,11 +677,25 @@ class Engine:
             "acceptors": [{"node": self.config.nodes[l.index].name, "connected": l.connected,
                            "last_error": l.last_error, "dropped": l.dropped}
                           for l in self.links],
+            "read_index": {"leader_rounds": self._leader_reads.rounds,
+                           "leader_requests": self._follower_reads.rounds,
+                           "leader_connections": self.leader_connections},
             "uptime_s": round(time.monotonic() - self.started_at, 1),
         }
 
     def status_json(self) -> bytes:
         return json.dumps(self.status()).encode()
+
+
+def _answer(reads: list[asyncio.Future], result: int | BaseException) -> None:
+    """Resolve every read still waiting with ``result`` (an index or an exception)."""
+    for fut in reads:
+        if fut.done():
+            continue
+        if isinstance(result, BaseException):
+            fut.set_exception(result)
+        else:
+            fut.set_result(result)
 
 
 async def _close(conn: psycopg.AsyncConnection) -> None:

@@ -37,8 +37,10 @@ class AcceptorLink:
     """Sends acceptor requests to one PostgreSQL node over one connection."""
 
     def __init__(self, index: int, dsn: str, on_reply: Callable[[int, AcceptorReply], None], *,
-                 connect_timeout: float = 2.0, request_timeout: float = 2.0) -> None:
+                 connect_timeout: float = 2.0, request_timeout: float = 2.0,
+                 application_name: str = "replicate acceptor") -> None:
         self.index = index
+        self.application_name = application_name
         self.dsn = dsn
         self.on_reply = on_reply
         self.connect_timeout = connect_timeout
@@ -54,7 +56,8 @@ class AcceptorLink:
         self.dropped = 0
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name=f"acceptor-link-{self.index}")
+        self._task = asyncio.create_task(
+            self._run(), name=f"{self.application_name.replace(' ', '-')}-{self.index}")
 
     async def stop(self) -> None:
         if self._task:
@@ -101,7 +104,7 @@ class AcceptorLink:
     async def _connect(self) -> None:
         self._conn = await asyncio.wait_for(
             PqConnection.connect(self.dsn, connect_timeout=self.connect_timeout,
-                                 application_name="replicate acceptor"),
+                                 application_name=self.application_name),
             self.connect_timeout + 1)
         self.connected = True
         self.last_error = None

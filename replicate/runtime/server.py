@@ -5,7 +5,9 @@ connections carry frames to the engine: Heartbeat, Chosen and Forward into the P
 driver; Submit, ReadIndexRequest and StatusRequest are answered on the same
 connection, concurrently (one task per request, replies tagged by token).
 ReadIndexRequest means two things: from a proxy, "you are the leader: give me
-a confirmed commit index"; from a client (Hello -1), "linearizable barrier":
+a confirmed commit index" (a follower keeps one connection open for these and
+shares each request among its concurrent reads; here they join the leader's
+shared confirmation rounds); from a client (Hello -1), "linearizable barrier":
 the proxy gets a read index and waits until its own node applied it.
 Every other connection is a PostgreSQL client, relayed to the local node
 (``replicate.runtime.relay``).

@@ -414,3 +414,48 @@ def test_slots_lost_by_a_node_crash_are_applied_again(make_cluster) -> None:
     asyncio.run(write(["after"]))
     _, keys = wait_converged(cluster)
     assert keys == sorted([f"k{i}" for i in range(5)] + ["lost-1", "lost-2", "lost-3", "after"])
+
+
+def test_concurrent_follower_barriers_share_the_leaders_rounds(make_cluster) -> None:
+    """Barriers through a follower, concurrent with writes: each sees every write acknowledged
+    before it began; concurrent ones share requests over one connection to the leader."""
+    cluster = make_cluster(3)
+    start_replicated(cluster)
+
+    async def run() -> None:
+        leader = await wait_for_leader(cluster)
+        follower, writer_name = [p.name for p in cluster.proxies if p.name != leader]
+        reader_dsn = cluster.node(follower).dsn
+        writer, = await clients(cluster, {writer_name})
+        readers = await clients(cluster, {follower}) + await clients(cluster, {follower})
+        acked: list[str] = []
+        barriers = 0
+
+        async def write() -> None:
+            for i in range(60):
+                key = f"w{i}"
+                assert (await writer.submit(Entry(INSERT_EVENT, (Param(key.encode()),)))).ok
+                acked.append(key)
+
+        async def read(client: ProxyClient) -> None:
+            nonlocal barriers
+            for _ in range(40):
+                before = set(acked)
+                await asyncio.gather(*(client.barrier() for _ in range(5)))
+                barriers += 5
+                async with await psycopg.AsyncConnection.connect(reader_dsn) as conn:
+                    rows = await (await conn.execute("SELECT k FROM events")).fetchall()
+                keys = {r[0] for r in rows}
+                assert before <= keys, sorted(before - keys)
+
+        await asyncio.gather(write(), *(read(c) for c in readers))
+        states = await statuses(cluster)
+        reads = states[follower]["read_index"]
+        assert 0 < reads["leader_requests"] < barriers        # concurrent barriers shared requests
+        assert 0 < states[leader]["read_index"]["leader_rounds"] <= reads["leader_requests"]
+        if await wait_for_leader(cluster) == leader:          # no election happened meanwhile
+            assert reads["leader_connections"] == 1
+        for c in [writer, *readers]:
+            await c.close()
+
+    asyncio.run(run())
