@@ -273,17 +273,19 @@ class Heartbeat:
 @dataclass(frozen=True, slots=True)
 class Chosen:
     """Leader to followers: ``values`` are chosen in slots ``first_slot``, ``first_slot + 1``,
-    ... (a majority accepted them under ``ballot``). Not yet marked at any acceptor, maybe:
-    a follower may apply them but learns them (for campaign and fetch) only once a Heartbeat
-    says they are marked."""
+    ... (a majority accepted them under ``ballot``), maybe not yet marked at any acceptor: a
+    follower may apply them, but learns a slot (for campaign and fetch) only once this message
+    or a Heartbeat says it is marked: every slot <= ``marked_upto`` is."""
 
     ballot: Ballot
     first_slot: int
     values: tuple[Value, ...]
+    marked_upto: int = 0
 
     def __post_init__(self) -> None:
         _check_ballot(self.ballot)
         _check_slot("first_slot", self.first_slot, 1)
+        _check_slot("marked_upto", self.marked_upto)
         if not isinstance(self.values, tuple) or not self.values:
             raise ValueError("values must be a non-empty tuple")
         for v in self.values:

@@ -80,7 +80,7 @@ class Config:
     max_batch: int = 16         # values per Accept
     fetch_ticks: int = 2        # learner: period of Fetch while lagging
     fetch_limit: int = 64       # entries per Fetch
-    early_apply: int = 64       # leader: slots it may apply before any acceptor marked them
+    early_apply: int = 256      # slots a replica may apply beyond the prefix it knows marked
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -322,23 +322,27 @@ class Replica:
     def _on_chosen(self, src: int, msg: Chosen) -> None:
         """Values the leader saw chosen: apply them early, learn them once marked."""
         self._follow(src, msg.ballot)
-        limit = self.learner.delivered_upto + 16 * max(1, self.config.early_apply)
+        limit = self.learner.delivered_upto + 4 * max(1, self.config.early_apply)
         for i, value in enumerate(msg.values):
             slot = msg.first_slot + i
             if self.learner.delivered_upto < slot <= limit:
                 self._early.setdefault(slot, value)
+        self._marked(src, msg.ballot, msg.marked_upto)
 
     def _on_heartbeat(self, src: int, msg: Heartbeat) -> None:
         self._follow(src, msg.ballot)
-        # slots <= commit_upto are marked: what we hold of them early is learned now
-        for slot in [s for s in self._early if s <= msg.commit_upto]:
+        self._marked(src, msg.ballot, msg.commit_upto)
+
+    def _marked(self, src: int, ballot: Ballot, upto: int) -> None:
+        """The leader says every slot <= ``upto`` is marked at some acceptor."""
+        for slot in [s for s in self._early if s <= upto]:  # what we hold early is learned
             self.learner.learn(slot, self._early.pop(slot))
         was_lagging = self.learner.lagging()
-        self.learner.hint(msg.commit_upto)
+        self.learner.hint(upto)
         if self.learner.lagging() and not was_lagging:
             # newly behind: fetch at once rather than at the next fetch tick, from the acceptor
             # in the leader's own node, which the leader marks first (see _pump)
-            self._fetch_now(src if msg.ballot >= self._leader_ballot else None)
+            self._fetch_now(src if ballot >= self._leader_ballot else None)
 
     def _follow(self, src: int, ballot: Ballot) -> None:
         """A message from a leader under ``ballot``: step down or follow it."""
@@ -428,32 +432,29 @@ class Replica:
         self._heard.add(src)
         before = lead.commit_upto
         lead.on_accepted(src, msg.first_slot, msg.last_slot, msg.commit_upto)
+        newly = []
         slot = before + 1
         while slot <= lead.commit_upto:  # newly chosen batches: apply them, tell the followers
             b = lead.batches[slot]
+            newly.append(b)
             for i, value in enumerate(b.values):
                 self._early[b.first_slot + i] = value
-            chosen = Chosen(self.ballot, b.first_slot, b.values)
+            slot = b.last_slot + 1
+        self._learn_marked()
+        for b in newly:  # with the marks known so far (no separate heartbeat per mark)
+            chosen = Chosen(self.ballot, b.first_slot, b.values, self.learner.known_upto())
             for i in range(self.config.n):
                 if i != self.id:
                     self._send(replica_addr(i), chosen)
-            slot = b.last_slot + 1
-        self._learn_marked()
         self._pump()
 
     def _learn_marked(self) -> None:
         assert self.lead is not None
-        marked = self.lead.take_marked()
-        for b in marked:
+        # Followers hear of these marks with the next Chosen or heartbeat: they already have
+        # the values (Chosen) and may apply early_apply slots ahead of their marked prefix.
+        for b in self.lead.take_marked():
             for i, v in enumerate(b.values):
                 self.learner.learn(b.first_slot + i, v)
-        if marked:
-            # Tell followers at once (not at the next heartbeat): a follower's client waits
-            # until its own proxy has learned and applied the write.
-            hb = Heartbeat(self.ballot, self.learner.known_upto())
-            for i in range(self.config.n):
-                if i != self.id:
-                    self._send(replica_addr(i), hb)
 
     def _heartbeat(self) -> None:
         lead = self.lead

@@ -16,8 +16,8 @@ type  frame                   body
 ``I`` Hello                   int32 sender replica id (-1: a client, not a proxy)
 ``H`` Heartbeat (core)        int64 round, int32 proposer, int64 commit_upto
 ``F`` Forward (core)          str request_id, bytes payload
-``C`` Chosen (core)           int64 round, int32 proposer, int64 first_slot, int32 n,
-                              n x (str request_id, bytes payload)
+``C`` Chosen (core)           int64 round, int32 proposer, int64 first_slot,
+                              int64 marked_upto, int32 n, n x (str request_id, bytes payload)
 ``S`` Submit                  int64 token, str request_id, bytes payload (an Entry)
 ``O`` SubmitReply             int64 token, bytes JSON (an Outcome or an error)
 ``R`` ReadIndexRequest        int64 token
@@ -110,8 +110,8 @@ def encode(frame: Frame) -> bytes:
         kind, body = b"F", _str(frame.value.request_id) + _bytes(frame.value.payload)
     elif isinstance(frame, Chosen):
         kind = b"C"
-        body = struct.pack("!qiqi", frame.ballot.round, frame.ballot.proposer, frame.first_slot,
-                           len(frame.values)) + b"".join(
+        body = struct.pack("!qiqqi", frame.ballot.round, frame.ballot.proposer,
+                           frame.first_slot, frame.marked_upto, len(frame.values)) + b"".join(
             _str(v.request_id) + _bytes(v.payload) for v in frame.values)
     elif isinstance(frame, Hello):
         kind, body = b"I", struct.pack("!i", frame.sender)
@@ -174,11 +174,11 @@ def decode_body(kind: bytes, body: bytes) -> Frame:
         elif kind == b"F":
             frame = Forward(Value(r.str_(), r.bytes_()))
         elif kind == b"C":
-            rnd, proposer, first, n = r.unpack("!qiqi")
+            rnd, proposer, first, marked, n = r.unpack("!qiqqi")
             if n < 0 or n > len(body):
                 raise ProtocolError("peer frame 'C' has an impossible value count")
             frame = Chosen(Ballot(rnd, proposer), first,
-                           tuple(Value(r.str_(), r.bytes_()) for _ in range(n)))
+                           tuple(Value(r.str_(), r.bytes_()) for _ in range(n)), marked)
         elif kind == b"I":
             (sender,) = r.unpack("!i")
             frame = Hello(sender)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from replicate.paxos import (
-    Accept, Accepted, Ballot, Chosen, Commit, Committed, Config, Envelope, Fetch, HardState,
+    Accept, Accepted, Ballot, Chosen, ChosenEntry, Commit, Committed, Config, Envelope, Fetch,
+    Fetched, HardState,
     Heartbeat, Nack, Prepare, ProposeOutcome, Promise, Replica, Role, Value, acceptor_addr,
     replica_addr,
 )
@@ -145,12 +146,12 @@ def test_early_apply_stays_within_its_window_of_the_marked_prefix() -> None:
 
 
 def test_a_restarted_replica_relearns_its_last_early_applied_slots() -> None:
-    r = make(delivered_upto=100)
-    assert r.delivered_upto == 100  # never handed out again ...
-    assert r.learner.delivered_upto == 100 - CFG.early_apply  # ... but maybe never marked
+    r = make(delivered_upto=1000)
+    assert r.delivered_upto == 1000  # never handed out again ...
+    assert r.learner.delivered_upto == 1000 - CFG.early_apply  # ... but maybe never marked
     r.campaign()
     assert {e.msg.from_slot for e in take(r).messages if type(e.msg) is Prepare} == {
-        100 - CFG.early_apply + 1}
+        1000 - CFG.early_apply + 1}
 
 
 def test_follower_forwards_or_drops() -> None:
@@ -254,6 +255,11 @@ def test_a_follower_applies_pushed_values_and_learns_them_once_marked() -> None:
     assert r.learner.delivered_upto == 2
     r.step(Envelope(replica_addr(0), r.addr, Heartbeat(leader, 3)))  # slot 3 never pushed
     assert [e.msg for e in take(r).messages if type(e.msg) is Fetch] == [Fetch(3, CFG.fetch_limit)]
+    # a push also carries the marks the leader knows of
+    r.step(Envelope(replica_addr(0), r.addr, Chosen(leader, 4, (Value("d", b"4"),), 4)))
+    assert take(r).chosen == ()  # slot 3 is still missing: nothing past it is applied
+    r.step(Envelope(acceptor_addr(1), r.addr, Fetched(3, (ChosenEntry(3, Value("c", b"3")),))))
+    assert [c.slot for c in take(r).chosen] == [3, 4] and r.learner.delivered_upto == 4
 
 
 def test_a_follower_that_campaigns_recovers_what_it_applied_unmarked() -> None:

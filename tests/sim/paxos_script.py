@@ -49,7 +49,8 @@ def fmt(msg: object) -> str:
         return f"heartbeat b={msg.ballot} commit={msg.commit_upto}"
     if isinstance(msg, Chosen):
         vals = " ".join(fmt_value(v) for v in msg.values)
-        return f"chosen b={msg.ballot} slots={msg.first_slot}..{msg.last_slot} [{vals}]"
+        return (f"chosen b={msg.ballot} slots={msg.first_slot}..{msg.last_slot} [{vals}] "
+                f"marked={msg.marked_upto}")
     if isinstance(msg, Forward):
         return f"forward {fmt_value(msg.value)}"
     raise TypeError(msg)

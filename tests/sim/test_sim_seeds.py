@@ -49,14 +49,20 @@ def test_different_seeds_give_different_traces() -> None:
 def test_the_simulation_is_not_trivial() -> None:
     """Faults really happen: over a few seeds, leaders change, requests are retried,
     duplicate requests are chosen twice and deduplicated by the applier."""
-    leaders = retries = dup_slots = 0
-    for seed in range(40):  # duplicates are rarer since followers learn from Chosen pushes
+    leaders = retries = 0
+    for seed in range(20):
         sim = Sim(seed).run()
         leaders += max(h.round for h in sim.hard)
         retries += sum(req.attempts - 1 for req in sim.requests)
-        ids = [v.request_id for v in sim.chosen.values() if not v.is_noop]
-        dup_slots += len(ids) - len(set(ids))
-    assert leaders > 80 and retries > 200 and dup_slots > 0
+    assert leaders > 40 and retries > 100
+    # Since followers learn from the leader's Chosen pushes, a request is chosen twice only
+    # after a retry across a leader change: rare, but some seed shows it (the first is 82).
+    for seed in range(300):
+        ids = [v.request_id for v in Sim(seed).run().chosen.values() if not v.is_noop]
+        if len(ids) > len(set(ids)):
+            break
+    else:
+        raise AssertionError("no seed chose a request twice")
 
 
 def test_liveness_failure_is_reported() -> None:

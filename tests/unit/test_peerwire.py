@@ -16,7 +16,7 @@ from replicate.runtime.peerwire import (STARTUP, FrameDecoder, Hello, ReadIndexR
 FRAMES = [Hello(2), Hello(-1), Heartbeat(Ballot(3, 1), 17), Forward(Value("p1-9", b"\x00xyz")),
           Submit(5, "r-1", "é".encode()), SubmitReply(5, b'{"ok":1}'), ReadIndexRequest(9),
           ReadIndexReply(9, True, 42), StatusRequest(1), StatusReply(1, b"{}"),
-          Chosen(Ballot(3, 1), 18, (Value("p1-10", b"\x00a"), NOOP, Value("é", b"")))]
+          Chosen(Ballot(3, 1), 18, (Value("p1-10", b"\x00a"), NOOP, Value("é", b"")), 17)]
 
 
 def decode_all(data: bytes, step: int) -> list:
