@@ -408,7 +408,7 @@ class Replica:
 
     # ------------------------------------------------------------------ phase 2
     def _pump(self) -> None:
-        """Send new batches while the window allows; push the commit index if nothing carries it."""
+        """Send new batches while the window allows (each carries the commit index)."""
         lead = self.lead
         assert lead is not None
         batches = lead.next_batches()
@@ -417,13 +417,9 @@ class Replica:
             msg = Accept(self.ballot, b.first_slot, b.values, lead.commit_upto)
             for j in range(self.config.n):
                 self._send(acceptor_addr(j), msg)
-        if not batches and lead.commit_upto > lead.sent_commit:
-            # Nothing carries the new commit index: mark it now, but at our own node's acceptor
-            # only. One mark is all a learner needs (we learn from its reply, followers fetch
-            # from it first); the others get the index with the next Accept or heartbeat. If
-            # that acceptor is down, so is our node, and the heartbeat's Commit marks the rest.
-            lead.sent_commit = lead.commit_upto
-            self._send(acceptor_addr(self.id), Commit(self.ballot, lead.commit_upto))
+        # A new commit index is not sent on its own: it rides on the next Accept, or on the
+        # heartbeat's Commit when the cluster is quiet. Nobody waits for the marks: replicas
+        # apply chosen values early_apply slots ahead of them (see _deliver).
 
     def _on_accepted(self, src: int, msg: Accepted) -> None:
         lead = self.lead
