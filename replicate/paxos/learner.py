@@ -1,8 +1,11 @@
 """The learner: turns chosen slots learned in any order into the chosen prefix, in order.
 
-A replica learns that a slot is chosen in three ways: as leader, when a majority accepted it
-under its ballot and an acceptor confirmed the chosen mark; from a ``Fetched`` reply (an
-acceptor's chosen marks); from a ``Promise`` entry that carries a chosen mark. The learner
+A replica learns that a slot is chosen (and marked) in four ways: as leader, when a majority
+accepted it under its ballot and an acceptor confirmed the chosen mark; as follower, for a value
+the leader pushed (``Chosen``) once the leader says it is marked; from a ``Fetched`` reply (an
+acceptor's chosen marks); from a ``Promise`` entry that carries a chosen mark. (A replica may
+*apply* chosen slots before it learns them: see ``Replica._deliver``; the learner is what
+campaign and fetch rely on.) The learner
 buffers what it learns and hands out slots ``delivered_upto + 1, + 2, ...`` with no gap, each
 exactly once. It knows nothing about request ids: deduplication is the applier's job.
 
