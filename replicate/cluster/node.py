@@ -294,6 +294,11 @@ class LocalNode:
                 os.kill(target, signal.SIGSTOP)
             except ProcessLookupError:
                 pass
+        # SIGSTOP is delivered asynchronously: return once the postmaster is seen stopped, so
+        # that status() says "paused" right away (bounded: a zombie never shows T)
+        deadline = time.monotonic() + 2.0
+        while _proc_state(pid) not in ("T", None) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
     def resume(self) -> None:
         pid = self.pid()
