@@ -31,10 +31,15 @@ BEGIN
     -- The guard trigger lets the batch through; the durable log replays what a crash loses;
     -- a lock held on this node past the apply timeout stalls it (a local cause), and a
     -- statement may run longer than that before it counts as stuck.
+    -- The applier prepares each statement text once per connection; a generic cached plan
+    -- would keep expressions folded under the settings of its first executions (e.g.
+    -- '\x41'::bytea::text under another bytea_output), and a node with a fresh cache would
+    -- compute differently: every execution is planned under the entry's own settings.
     PERFORM set_config('replicate.applying', 'on', true),
             set_config('synchronous_commit', 'off', true),
             set_config('lock_timeout', p_apply_timeout_ms::text, true),
-            set_config('statement_timeout', (4 * p_apply_timeout_ms)::text, true);
+            set_config('statement_timeout', (4 * p_apply_timeout_ms)::text, true),
+            set_config('plan_cache_mode', 'force_custom_plan', true);
     -- nextval() is not transactional: put every sequence back to its state at the applied
     -- slot (sql/003_sequences.sql).
     PERFORM setval(to_regclass(s.sequence_name), s.last_value, s.is_called)

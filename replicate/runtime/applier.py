@@ -184,6 +184,12 @@ def _prelude_params(entry: Entry) -> list[str]:
     return [entry.role or "none", *settings.values()]
 
 
+def _parse_context(entry: Entry) -> tuple:
+    """The entry's settings that change how its text is lexed (see ``Query.parse_context``)."""
+    return (dict(entry.settings).get("standard_conforming_strings",
+                                     CANONICAL_SETTINGS["standard_conforming_strings"]),)
+
+
 def _decode(entries: Sequence[ChosenEntry]) -> list[Entry | None] | None:
     """The entries of a batch the pipelined path can apply (None for a no-op), or None if the
     batch needs the careful path: a control entry, a request id twice, undecodable bytes."""
@@ -353,7 +359,8 @@ class Applier:
             where.append(len(queries))
             queries.append(Query(entry.sql, [p.value for p in entry.params],
                                  [p.type_oid for p in entry.params],
-                                 [int(p.binary) for p in entry.params], entry.binary_results))
+                                 [int(p.binary) for p in entry.params], entry.binary_results,
+                                 _parse_context(entry)))
         try:
             results = await conn.run(queries)
             records = [_Record(Outcome(chosen.slot, "", Status.NOOP)) if i is None

@@ -46,6 +46,9 @@ class Query:
     types: Sequence[int] = ()        # parameter type OIDs (0: let the server infer)
     formats: Sequence[int] = ()      # per parameter: 0 text, 1 binary (empty: all text)
     binary_results: bool = False
+    # What else decides how the server parses the text (PostgreSQL lexes a prepared statement
+    # once, e.g. under one standard_conforming_strings): part of the prepared statement's key.
+    parse_context: tuple = ()
 
 
 # -- binary encoding of the parameter types the engine uses ---------------------------------
@@ -161,7 +164,7 @@ class PqConnection:
             expected.append(False)
         self._to_close = []
         for q in queries:
-            key = (q.sql, tuple(q.types))  # a statement's parameter types are fixed at prepare
+            key = (q.sql, tuple(q.types), q.parse_context)  # fixed when it is prepared
             name = self._prepared.get(key)
             if name is None:
                 self._names += 1

@@ -154,3 +154,29 @@ def test_pipelined_gap_and_local_error_apply_nothing(node) -> None:
         assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (1,)
         assert conn.execute("SELECT count(*) FROM t").fetchone() == (1,)
     assert apply(node, [chosen(2, "b", insert, b"2")])[0].ok
+
+
+def test_prepared_statements_follow_each_entrys_settings(node) -> None:
+    # The pipelined applier prepares a text once per connection. Expressions that depend on a
+    # setting (a bytea rendered as text) must follow each entry's settings even after many
+    # executions (no generic plan), and a text lexed under another standard_conforming_strings
+    # is prepared again.
+    with psycopg.connect(node, autocommit=True) as conn:
+        conn.execute("CREATE TABLE tb (id int PRIMARY KEY, v text)")
+    insert = "INSERT INTO tb VALUES ($1, '\\x41'::bytea::text)"
+    literal = "INSERT INTO tb VALUES ($1, 'a\\tb')"
+
+    def entry(slot: int, sql: str, *settings: tuple[str, str]) -> ChosenEntry:
+        return ChosenEntry(slot, Value(f"r{slot}", Entry(sql, (Param(str(slot).encode()),),
+                                                          settings=settings).encode()))
+
+    batches = [[entry(i, insert)] for i in range(1, 9)]
+    batches.append([entry(9, insert, ("bytea_output", "escape"))])
+    batches.append([entry(10, literal)])
+    batches.append([entry(11, literal, ("standard_conforming_strings", "off"))])
+    _, careful = apply_counting(node, batches)
+    assert careful == 0
+    with psycopg.connect(node) as conn:
+        rows = dict(conn.execute("SELECT id, v FROM tb").fetchall())
+    assert [rows[i] for i in (1, 8, 9)] == ["\\x41", "\\x41", "A"]
+    assert rows[10] == "a\\tb" and rows[11] == "a\tb"
