@@ -272,7 +272,8 @@ class _Statement:
                                a.reads)
         writes = a.writes | a.sequence_writes
         if not writes:
-            return Read(self.start, self.end, frozenset(a.reads))
+            return Read(self.start, self.end, frozenset(a.reads),
+                        pure=not (a.write_problems or a.other_reads or a.other_writes))
         if a.other_writes:
             return self.refuse("mixed-write",
                                "the statement writes registered and unregistered tables: "

@@ -25,12 +25,16 @@ class Relay:
 @dataclass(frozen=True, slots=True)
 class Read:
     """Reads registered tables (and writes none): apply the session's read consistency,
-    then run it on the local node. ``tables`` are the registered tables it reads."""
+    then run it on the local node. ``tables`` are the registered tables it reads. ``pure``:
+    it reads nothing but registered tables, writes nothing and calls no volatile or unknown
+    function, so running it cannot change the session's settings (unless a user function
+    declared STABLE or IMMUTABLE runs SET, which PostgreSQL does not prevent)."""
 
     start: int
     end: int
     tables: frozenset[TableName] = frozenset()
     kind: str = "read"
+    pure: bool = False
 
 
 @dataclass(frozen=True, slots=True)

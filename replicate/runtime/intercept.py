@@ -10,8 +10,9 @@ await). For the rest:
   settings that change results (``SESSION_SQL``): SET, SET LOCAL, RESET and
   rollbacks are then exactly PostgreSQL's. The answer is reused while the
   session has run nothing on the node since: only messages that execute
-  nothing (Parse, Bind, Describe, Close, Flush, Sync) and replicated writes
-  (which run in the log, not in the session) went to the node, the settings
+  nothing (Parse, Bind, Describe, Close, Flush, Sync), replicated writes
+  (which run in the log, not in the session) and pure reads (``Read.pure``:
+  registered tables only, no volatile function) went to the node, the settings
   the node reports itself (ParameterStatus) are unchanged, and it is less
   than ``FACTS_MAX_AGE`` seconds old (a configuration reload changes defaults
   without a message; PostgreSQL backends pick reloads up asynchronously too).
@@ -135,6 +136,7 @@ class _SessionState:
     facts: dict | None = None     # the session facts last read from the node
     facts_valid: bool = False     # nothing ran in the session since they were read
     facts_at: float = 0.0         # when they were read (event loop time)
+    pure_read: bool = False       # the Query being forwarded holds only pure reads
 
 
 def _sql_error(sqlstate: str, message: str, hint: str | None = None,
@@ -194,17 +196,25 @@ class ReplicateHooks(Hooks):
     # ---------------------------------------------------------------- dispatch
     def on_frontend(self, session: Session, message: Any) -> Any:
         action = self._dispatch(session, message)
-        if type(message) in _INERT or action is Action.HANDLED:
+        t = type(message)
+        if t in _INERT or action is Action.HANDLED:
             return action
-        if action is Action.FORWARD:  # it runs in the session: the facts may change
-            self._state(session).facts_valid = False
+        state = self._state(session)
+        if action is Action.FORWARD:  # it runs in the session: the facts may change ...
+            if t is m.Execute:  # ... unless it is a read that cannot change them
+                portal = state.portals.get(message.portal)
+                if portal is not None and isinstance(portal[0].decision, Read) \
+                        and portal[0].decision.pure:
+                    return action
+            state.facts_valid = False
             return action
-        return self._after(self._state(session), action)
+        return self._after(state, action)
 
     @staticmethod
     async def _after(state: _SessionState, pending: Any) -> Action:
+        state.pure_read = False
         action = await pending
-        if action is Action.FORWARD:
+        if action is Action.FORWARD and not state.pure_read:
             state.facts_valid = False
         return action
 
@@ -359,6 +369,9 @@ class ReplicateHooks(Hooks):
                     await self._wait_for_reads(session, facts)
                 except ReplicateError as exc:
                     return await self._refuse_query(session, exc.sqlstate, exc.message, exc.hint)
+            # only reads that cannot change the session's settings: its facts stay current
+            self._state(session).pure_read = all(
+                isinstance(d, Read) and d.pure for d in decisions if sql[d.start:d.end].strip())
             return Action.FORWARD
         if len([d for d in decisions if sql[d.start:d.end].strip()]) > 1:
             return await self._refuse_query(

@@ -285,9 +285,12 @@ def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:
 @pytest.mark.parametrize("prepared", [False, True])
 def test_session_changes_between_writes_are_seen(proxied, prepared: bool) -> None:
     # The proxy reuses a session's facts between writes. Anything that runs in the session
-    # makes it read them again: here a SELECT that changes bytea_output (a setting the node
-    # does not report by itself), then SET TimeZone. With prepare_threshold=0 the second and
-    # third writes re-execute one prepared statement (a batch that starts with its Bind).
+    # makes it read them again: a SELECT that changes bytea_output (a setting the node does
+    # not report by itself), a read of a registered table that changes it back, then SET
+    # TimeZone; a pure read keeps them. With prepare_threshold=0 the writes after the first
+    # re-execute one prepared statement (a batch that starts with its Bind). The appliers
+    # run the same text four times under two bytea_output values: a cached generic plan
+    # would fold the cast once (see sql/006_apply.sql, plan_cache_mode).
     base = 300 + 10 * int(prepared)
     insert = ("INSERT INTO accounts (id, owner, balance, opened) "
               "VALUES (%s, '\\x41'::bytea::text, 1, %s)")
@@ -296,10 +299,15 @@ def test_session_changes_between_writes_are_seen(proxied, prepared: bool) -> Non
         conn.execute("SET TimeZone = 'UTC'")
         conn.execute(insert, [base, "2026-01-01 12:00:00"])
         conn.execute("SELECT set_config('bytea_output', 'escape', false)")
+        conn.execute("SELECT owner FROM accounts WHERE id = %s", [base])  # pure: facts kept
         conn.execute(insert, [base + 1, "2026-01-01 12:00:00"])
-        conn.execute("SET TimeZone = 'Asia/Tokyo'")
+        # a read of a registered table that changes a setting (not pure): facts asked again
+        conn.execute("SELECT set_config('bytea_output', 'hex', false) FROM accounts "
+                     "WHERE id = %s", [base])
         conn.execute(insert, [base + 2, "2026-01-01 12:00:00"])
+        conn.execute("SET TimeZone = 'Asia/Tokyo'")
+        conn.execute(insert, [base + 3, "2026-01-01 12:00:00"])
     rows = {r[0]: r for r in rows_everywhere(proxied) if base <= r[0] < base + 10}
-    assert [rows[base + i][1] for i in range(3)] == ["\\x41", "A", "A"]
+    assert [rows[base + i][1] for i in range(4)] == ["\\x41", "A", "\\x41", "\\x41"]
     utc = rows[base][3].tzinfo
-    assert [rows[base + i][3].astimezone(utc).hour for i in range(3)] == [12, 12, 3]
+    assert [rows[base + i][3].astimezone(utc).hour for i in range(4)] == [12, 12, 12, 3]

@@ -212,3 +212,17 @@ def test_any_text_gets_decisions_covering_valid_offsets(sql: str) -> None:
         last = d.end
         if isinstance(d, Refuse):
             assert d.error.reason in ("syntax", "unclassified") or d.error.message
+
+
+@pytest.mark.parametrize("sql, pure", [
+    ("SELECT * FROM accounts WHERE id = $1", True),
+    ("SELECT owner, balance * 2 FROM accounts WHERE id IN (SELECT id FROM ledger)", True),
+    ("SELECT count(*), max(now()) FROM accounts", True),            # stable functions
+    ("SELECT set_config('search_path', 'x', false) FROM accounts", False),  # volatile
+    ("SELECT random() FROM accounts", False),
+    ("SELECT myschema.f(id) FROM accounts", False),                 # unknown function
+    ("SELECT * FROM accounts JOIN plain_table USING (id)", False),  # may be a view
+])
+def test_a_read_is_pure_only_if_it_cannot_change_the_session(sql: str, pure: bool) -> None:
+    (decision,) = classify(sql, CATALOG, now=NOW, rng=random.Random(1))
+    assert isinstance(decision, Read) and decision.pure is pure

@@ -78,3 +78,25 @@ def test_facts_are_asked_again_when_reported_settings_change_or_they_age() -> No
         assert session.facts_queries == 4
 
     asyncio.run(scenario())
+
+
+def test_executing_a_pure_read_keeps_the_facts() -> None:
+    from replicate.gate import Read
+    from replicate.runtime.intercept import _Statement
+    hooks, session = Hooks(), FakeSession()
+    state = hooks._state(session)
+    state.portals["pure"] = (_Statement("SELECT 1", (), Read(0, 8, pure=True)), None)
+    state.portals["impure"] = (_Statement("SELECT 1", (), Read(0, 8, pure=False)), None)
+
+    async def scenario() -> None:
+        await hooks._session(session)
+        assert hooks.on_frontend(session, m.Execute("pure", 0)) is Action.FORWARD
+        hooks.on_frontend(session, m.Sync())
+        await hooks._session(session)
+        assert session.facts_queries == 1  # still current
+        assert hooks.on_frontend(session, m.Execute("impure", 0)) is Action.FORWARD
+        hooks.on_frontend(session, m.Sync())
+        await hooks._session(session)
+        assert session.facts_queries == 2
+
+    asyncio.run(scenario())
