@@ -122,13 +122,70 @@ class Hooks:
         return Action.FORWARD
 
 
+Address = tuple[str, int]   # (host, port); a host starting with '/' is a Unix socket directory
+
+
 @functools.lru_cache(maxsize=16)
-def backend_address(dsn: str) -> tuple[str, int]:
-    """(host, port) of a libpq DSN; a host starting with '/' is a Unix socket directory."""
+def backend_addresses(dsn: str) -> tuple[Address, ...]:
+    """Every (host, port) of a libpq DSN, in the order libpq tries them.
+
+    ``host=/run/pg,127.0.0.1 port=5432`` gives the socket directory first, then
+    TCP (one port serves every host, as in libpq); an empty host is libpq's
+    default, 127.0.0.1 here. A ``hostaddr`` entry wins over its host.
+    """
     params = conninfo_to_dict(dsn)
-    host = (params.get("hostaddr") or params.get("host") or "127.0.0.1").split(",")[0]
-    port = int(str(params.get("port") or 5432).split(",")[0])
-    return host, port
+    hosts = str(params.get("host") or "").split(",")
+    addrs = str(params.get("hostaddr") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    count = max(len(hosts), len(addrs))
+    out = []
+    for i in range(count):
+        host = (addrs[i] if i < len(addrs) else "") or (hosts[i] if i < len(hosts) else "")
+        port = ports[i] if len(ports) > 1 and i < len(ports) else ports[0]
+        out.append((host or "127.0.0.1", int(port or 5432)))
+    return tuple(out)
+
+
+def backend_address(dsn: str) -> Address:
+    """The first (host, port) of a libpq DSN (see ``backend_addresses``)."""
+    return backend_addresses(dsn)[0]
+
+
+def describe_address(address: Address) -> str:
+    host, port = address
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
+
+def _addresses(backend: Address | tuple[Address, ...]) -> tuple[Address, ...]:
+    return (backend,) if isinstance(backend[0], str) else tuple(backend)  # type: ignore[return-value]
+
+
+_fallbacks: set[Address] = set()   # addresses we logged as unreachable (log once per outage)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, factory, addresses: tuple[Address, ...],
+                   timeout: float):
+    """Connect to the first address that answers, like libpq; OSError lists every failure."""
+    failures = []
+    for address in addresses:
+        host, port = address
+        try:
+            if host.startswith("/"):
+                connect = loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
+            else:
+                connect = loop.create_connection(factory, host, port)
+            result = await asyncio.wait_for(connect, timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            failures.append(f"{describe_address(address)}: {exc or type(exc).__name__}")
+            if address not in _fallbacks and len(addresses) > 1:
+                _fallbacks.add(address)
+                log.warning("cannot reach the PostgreSQL node at %s (%s)%s",
+                            describe_address(address), exc or type(exc).__name__,
+                            "; trying the next address" if address != addresses[-1] else "")
+            continue
+        _fallbacks.discard(address)
+        return result
+    raise OSError("; ".join(failures))
 
 
 def _frame_type(type_: bytes, body: bytes, encoding: str) -> int:
@@ -545,8 +602,12 @@ class Session:
 # --------------------------------------------------------------------------- entry point
 
 async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       *, backend: tuple[str, int], hooks: HooksProtocol | None = None) -> None:
-    """Serve one PostgreSQL client connection until either side closes."""
+                       *, backend: Address | tuple[Address, ...],
+                       hooks: HooksProtocol | None = None) -> None:
+    """Serve one PostgreSQL client connection until either side closes.
+
+    ``backend`` is the node's (host, port), or several tried in order (``backend_addresses``).
+    """
     decoder = codec.FrontendDecoder()
     decoder.feed(first8)
     try:
@@ -563,17 +624,11 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
     msg, raw = startup
     session = Session(msg, decoder, hooks)
     loop = asyncio.get_running_loop()
+    addresses = _addresses(backend)
     try:
-        host, port = backend
-        if host.startswith("/"):
-            connect = loop.create_unix_connection(lambda: session._backend,
-                                                  f"{host}/.s.PGSQL.{port}")
-        else:
-            connect = loop.create_connection(lambda: session._backend, host, port)
-        await asyncio.wait_for(connect, CONNECT_TIMEOUT_S)
-    except (OSError, asyncio.TimeoutError) as exc:
-        await _fatal(writer, "08006", f"the proxy cannot reach its PostgreSQL node at "
-                                      f"{backend[0]}:{backend[1]}: {exc}")
+        await _connect(loop, lambda: session._backend, addresses, CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        await _fatal(writer, "08006", f"the proxy cannot reach its PostgreSQL node: {exc}")
         return
     # Hand the client socket over from the stream to the session's protocol.
     transport = writer.transport
@@ -596,7 +651,7 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
 
 
 async def _startup_phase(decoder: codec.FrontendDecoder, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter, backend: tuple[str, int]
+                         writer: asyncio.StreamWriter, backend: Address | tuple[Address, ...]
                          ) -> tuple[m.StartupMessage, bytes] | None:
     """Answer SSL/GSS requests, forward a cancel; return the StartupMessage and its bytes."""
     while True:
@@ -622,15 +677,14 @@ async def _startup_phase(decoder: codec.FrontendDecoder, reader: asyncio.StreamR
             return msg, raw
 
 
-async def _forward_cancel(raw: bytes, backend: tuple[str, int]) -> None:
-    host, port = backend
+async def _forward_cancel(raw: bytes, backend: Address | tuple[Address, ...]) -> None:
     try:
-        if host.startswith("/"):
-            connect = asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
-        else:
-            connect = asyncio.open_connection(host, port)
-        breader, bwriter = await asyncio.wait_for(connect, 5)
-    except (OSError, asyncio.TimeoutError):
+        breader = asyncio.StreamReader(limit=2 ** 16)
+        loop = asyncio.get_running_loop()
+        transport, protocol = await _connect(
+            loop, lambda: asyncio.StreamReaderProtocol(breader), _addresses(backend), 5)
+        bwriter = asyncio.StreamWriter(transport, protocol, breader, loop)
+    except OSError:
         return
     try:
         bwriter.write(raw)
@@ -651,4 +705,4 @@ async def _fatal(writer: asyncio.StreamWriter, sqlstate: str, message: str) -> N
 
 
 __all__ = ["Action", "HOOKED", "Hooks", "HooksProtocol", "Session", "backend_address",
-           "relay_client"]
+           "backend_addresses", "describe_address", "relay_client"]
