@@ -119,8 +119,7 @@ class _SessionState:
     portals: dict[str, tuple[_Statement, m.Bind]] = field(default_factory=dict)
     last_write_slot: int = 0
     failed: bool = False          # an error was sent in this extended batch: skip until Sync
-    in_batch: bool = False        # extended-protocol messages went out since the last Sync
-    mid_batch: bool = False       # ... before the message being handled now
+    mid_batch: bool = False       # extended-protocol messages came before the one handled now
     facts: dict | None = None     # the session facts last read from the node
 
 
@@ -163,6 +162,17 @@ def _consistency_statement(sql: str) -> tuple[str, str | None] | None:
     return None
 
 
+# The message types the hooks must see (``Session.hooked``). While a session has no prepared
+# statement or portal on a registered table and no failed batch (``_QUIET``), only Query and
+# Parse can change anything: Bind/Execute/Describe/Close/Flush/Sync of other statements are
+# forwarded undecoded. The first Parse that may matter switches back to ``_ALL`` before it
+# is classified; a Sync with nothing kept switches to ``_QUIET`` again.
+_ALL = frozenset(b"QPBDESCH")
+_CACHED_TEXTS = 4096        # statement texts whose _may_matter answer is remembered
+_CACHED_TEXT_MAX = 8192     # ... each at most this long
+_QUIET = frozenset(b"QP")
+
+
 class ReplicateHooks(Hooks):
     """The hooks of a proxy (see the module docstring); per-session state in ``session.extra``."""
 
@@ -170,12 +180,15 @@ class ReplicateHooks(Hooks):
         self.engine = engine
         self.catalogs = catalogs
         self.default_consistency = default_consistency
+        self._matters: dict[str, bool] = {}   # statement text -> may it matter (_may_matter)
+        self._matters_catalog: Catalog | None = None
 
     @staticmethod
     def _state(session: Session) -> _SessionState:
         state = session.extra.get("replicate")
         if state is None:
             state = session.extra["replicate"] = _SessionState()
+            session.hooked = _QUIET
         return state
 
     # ---------------------------------------------------------------- dispatch
@@ -187,18 +200,18 @@ class ReplicateHooks(Hooks):
         if t is m.Sync:
             if state.failed:
                 return self._sync_after_error(session)
-            state.in_batch = False
+            if not state.statements and not state.portals:
+                session.hooked = _QUIET
             return Action.FORWARD
         # whether extended-protocol messages went out before this one since the last Sync
-        state.mid_batch = state.in_batch and t is not m.Query
-        if t is not m.Query:
-            state.in_batch = True
+        state.mid_batch = session.in_batch and t is not m.Query
         if t is m.Query:
             if self._may_matter(message.sql):
                 return self._query(session, message.sql)
             return Action.FORWARD
         if t is m.Parse:
             if self._may_matter(message.sql):
+                session.hooked = _ALL  # a statement we keep: every message may matter now
                 return self._parse(session, message)
             state.statements.pop(message.name, None)
             return Action.FORWARD
@@ -225,7 +238,20 @@ class ReplicateHooks(Hooks):
         catalog = self.catalogs.current()
         if catalog is None:
             return True  # not loaded, or the log registered something since: look closer
-        return mentions_registered(sql, catalog) or "read_consistency" in sql.lower()
+        # The answer depends only on the text and the catalog: remembered per catalog for
+        # texts that come again (a driver's or pool's statements), bounded in count and size.
+        cache = self._matters
+        if self._matters_catalog is not catalog:
+            cache.clear()
+            self._matters_catalog = catalog
+        hit = cache.get(sql)
+        if hit is None:
+            hit = mentions_registered(sql, catalog) or "read_consistency" in sql.lower()
+            if len(sql) <= _CACHED_TEXT_MAX:
+                if len(cache) >= _CACHED_TEXTS:
+                    cache.clear()
+                cache[sql] = hit
+        return hit
 
     # ---------------------------------------------------------------- session facts
     async def _session(self, session: Session) -> dict[str, str | None]:
@@ -458,7 +484,6 @@ class ReplicateHooks(Hooks):
     async def _sync_after_error(self, session: Session) -> Action:
         """End a failed batch: roll the node's transaction back (or mark it failed) like PG."""
         self._state(session).failed = False
-        self._state(session).in_batch = False
         replies = await session.exchange(m.Query(_FAIL_TRANSACTION))
         ready = next((r for r in replies if type(r) is m.ReadyForQuery), codec.ready_for_query("I"))
         session.write_client(codec.encode(ready))

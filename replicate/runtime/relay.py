@@ -46,7 +46,9 @@ ends that session with a FATAL (a ``ReplicateError``'s own SQLSTATE, else
 XX000); a statement-level error is the hook's to send as an ErrorResponse.
 ``Hooks`` is the base class (forward everything); ``hooks=None`` forwards
 everything without decoding anything (messages are only framed), the fastest
-path.
+path. A hook may narrow ``session.hooked`` (the type codes it is called for,
+default all of ``HOOKED``) while the other types cannot matter to it: those
+are forwarded like with ``hooks=None``, undecoded, in the same batch.
 
 ``Session`` exposes:
 
@@ -56,6 +58,10 @@ path.
   DateStyle, IntervalStyle, standard_conforming_strings, client_encoding,
   server_version, ...), kept current;
 - ``transaction_status``: ``I``/``T``/``E`` from the last ReadyForQuery;
+- ``in_batch``: extended-protocol messages (Parse, Bind, Describe, Execute,
+  Close) came from the client since its last Sync, not counting the message
+  being handled (kept by the relay, whatever ``hooked`` says);
+- ``hooked``: the frontend type codes passed to the hooks (see above);
 - ``extra``: a dict for the hooks' own per-session state (e.g. "discard until
   Sync" after an error in an extended-protocol batch);
 - ``backend_pid``, ``backend_secret`` (BackendKeyData), ``encoding`` (the
@@ -83,6 +89,7 @@ import asyncio
 import enum
 import functools
 import logging
+import struct
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -101,9 +108,14 @@ HIGH_WATER = 1024 * 1024      # a send buffer above this pauses reading the othe
 
 HOOKED = (m.Query, m.Parse, m.Bind, m.Describe, m.Execute, m.Sync, m.Close, m.Flush)
 _HOOKED_TYPES = frozenset(b"QPBDESCH")
+# extended-protocol messages that open a batch (an implicit transaction) until Sync; not Flush,
+# which drivers in pipeline mode also send right after a Sync
+_BATCH_TYPES = frozenset(b"PBDEC")
+_SYNC = ord("S")
 _SYNC_POINTS = frozenset(b"QSF")      # frontend messages answered by a ReadyForQuery
 _TRACKED = b"ZSKE"                    # backend messages the relay itself reads
 _TERMINATE = ord("X")
+_I32 = struct.Struct("!i")
 
 
 class Action(enum.Enum):
@@ -274,6 +286,8 @@ class Session:
         self.startup: dict[str, str] = dict(startup.params)
         self.parameters: dict[str, str] = {}
         self.transaction_status = "I"
+        self.in_batch = False
+        self.hooked: frozenset[int] = _HOOKED_TYPES
         self.backend_pid: int | None = None
         self.backend_secret: bytes | None = None
         self.encoding = "utf-8"
@@ -466,6 +480,10 @@ class Session:
                     self._sent(syncs)
                 self._backend.transport.write(data)
             else:
+                if self._hook_task is None and not self._decoder.buffered:
+                    data = self._pass_unhooked(data)
+                    if not data:
+                        return
                 self._decoder.feed(data)
                 if self._hook_task is None:
                     self._relay_frames()
@@ -475,6 +493,46 @@ class Session:
             self._fatal("08P01", exc.message)
         except Exception as exc:  # noqa: BLE001 - a hook failure ends this session only
             self._hook_failed(exc)
+
+    def _pass_unhooked(self, data: bytes) -> bytes:
+        """Forward the whole messages at the start of ``data`` that no hook wants, undecoded.
+
+        They go to the node as one slice of the chunk, without the per-message decoding
+        and copying of ``_relay_frames``; what is left (from the first hooked or cut
+        message on) is returned for the decoder. Called only with the decoder empty and
+        no hook running, so nothing is reordered.
+        """
+        hooked = self.hooked
+        n = len(data)
+        pos = 0
+        unpack_from = _I32.unpack_from
+        while n - pos >= 5:
+            code = data[pos]
+            if code in hooked:
+                break
+            length = unpack_from(data, pos + 1)[0]
+            end = pos + 1 + length
+            if length < 4 or length > codec.MAX_MESSAGE_LENGTH or end > n:
+                break   # cut, or malformed: the decoder buffers it or raises
+            if code in _BATCH_TYPES:
+                self.in_batch = True
+            elif code in _SYNC_POINTS:
+                self._out_syncs += 1
+                if code == _SYNC:
+                    self.in_batch = False
+            elif code == _TERMINATE:
+                self._terminated = True
+            if code in _OWING:
+                self._owed += 1
+            pos = end
+        if pos == 0:
+            return data
+        if pos == n:
+            self._out.append(data)
+            self._flush_out()
+            return b""
+        self._out.append(data[:pos])
+        return data[pos:]
 
     def _relay_frames(self) -> None:
         """Forward decoded frames until the buffer is empty or a hook must be awaited.
@@ -490,15 +548,23 @@ class Session:
             while (frame := decoder.next_typed_frame()) is not None:
                 t, raw = frame
                 code = raw[0]
-                if code in _HOOKED_TYPES:
+                if code in self.hooked:
                     action = hooks.on_frontend(self, codec.parse_frontend(t, raw[5:],
                                                                           decoder.encoding))
+                    if code in _BATCH_TYPES:
+                        self.in_batch = True
+                    elif code == _SYNC:
+                        self.in_batch = False
                     if action is Action.HANDLED:
                         continue
                     if action is not Action.FORWARD:
                         self._flush_out()
                         self._await_hook(action, raw)
                         return
+                elif code in _BATCH_TYPES:
+                    self.in_batch = True
+                elif code == _SYNC:
+                    self.in_batch = False
                 if code in _SYNC_POINTS:
                     self._out_syncs += 1
                 elif code in _OWING:

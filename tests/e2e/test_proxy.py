@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 
@@ -17,6 +18,8 @@ import pytest
 from psycopg import errors
 
 from replicate.command import register_table
+from replicate.pgwire import codec
+from replicate.pgwire import messages as m
 from replicate.runtime.client import ProxyClient
 
 from .replicated import start_replicated
@@ -263,6 +266,60 @@ def test_error_in_a_pipeline_skips_the_rest_until_sync(proxied) -> None:
     ids = {r[0] for r in rows_everywhere(proxied)}
     assert 600 in ids      # each replicated write commits in its own slot (README: limits)
     assert 601 not in ids  # skipped after the error, as PostgreSQL skips until Sync
+
+
+def _raw_exchange(sock: socket.socket, *messages) -> list:
+    """Send ``messages`` as one write; the node's replies up to and including ReadyForQuery."""
+    sock.sendall(b"".join(codec.encode(msg) for msg in messages))
+    decoder, replies = codec.BackendDecoder(), []
+    while True:
+        msg = decoder.next_message()
+        if msg is None:
+            data = sock.recv(65536)
+            assert data, "the proxy closed the connection"
+            decoder.feed(data)
+            continue
+        replies.append(msg)
+        if isinstance(msg, m.ReadyForQuery):
+            return replies
+
+
+def test_a_write_after_other_statements_in_one_batch_is_seen_inside_the_batch(proxied) -> None:
+    # Statements on unregistered tables leave the hooks quiet (their Bind/Execute/Sync are
+    # relayed undecoded); the relay still knows the batch is open when the write's Parse
+    # comes, so the proxy does not send its own query into the middle of the batch (it
+    # refuses the write, as a write first in a batch is the way), and the batch ends as
+    # PostgreSQL ends it.
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES ({}, 'raw', 0)"
+    with psycopg.connect(proxy_dsn(proxied, "n2"), autocommit=True) as conn:
+        conn.execute("SELECT count(*) FROM accounts")  # the proxy has its catalog loaded now
+    with socket.create_connection(proxied.proxy_address("n2"), timeout=30) as sock:
+        replies = _raw_exchange(sock, m.StartupMessage({"user": "postgres",
+                                                        "database": "postgres"}))
+        assert isinstance(replies[-1], m.ReadyForQuery)
+        # unregistered statements only: the hooks go quiet
+        replies = _raw_exchange(sock, m.Parse("one", "SELECT 1", ()), m.Sync())
+        assert [type(r) for r in replies] == [m.ParseComplete, m.ReadyForQuery]
+        for _ in range(2):
+            replies = _raw_exchange(sock, m.Bind("", "one"), m.Execute("", 0), m.Sync())
+            assert [type(r) for r in replies][-2:] == [m.CommandComplete, m.ReadyForQuery]
+        # Bind and Execute of "one" open the batch without being decoded
+        replies = _raw_exchange(sock, m.Bind("", "one"), m.Execute("", 0),
+                                m.Parse("", insert.format(660), ()),
+                                m.Bind("", ""), m.Execute("", 0), m.Sync())
+        errors_ = [r for r in replies if isinstance(r, m.ErrorResponse)]
+        assert len(errors_) == 1 and errors_[0].fields["C"] == "0A000", replies
+        assert "inside a pipeline" in errors_[0].fields["M"]
+        assert replies[-1] == m.ReadyForQuery("I")
+        assert any(isinstance(r, m.DataRow) for r in replies)  # the SELECT before it ran
+        # first in its batch, the same write goes through the log
+        replies = _raw_exchange(sock, m.Parse("", insert.format(661), ()), m.Bind("", ""),
+                                m.Execute("", 0), m.Sync())
+        assert [type(r) for r in replies] == [m.ParseComplete, m.BindComplete,
+                                              m.CommandComplete, m.ReadyForQuery], replies
+        sock.sendall(codec.encode(m.Terminate()))
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert 660 not in ids and 661 in ids
 
 
 def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:

@@ -482,6 +482,46 @@ def test_relay_through_a_unix_socket_falls_back_in_order_and_names_what_failed(r
     asyncio.run(run())
 
 
+class Narrowing(Hooks):
+    """Wants only Query messages: the rest are relayed undecoded (``session.hooked``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+        self.sessions = []
+
+    def on_frontend(self, session, message):
+        session.hooked = frozenset(b"Q")
+        self.sessions.append(session)
+        self.seen.append((type(message).__name__, session.in_batch))
+        return Action.FORWARD
+
+
+def test_hooks_can_narrow_the_messages_they_see(relayed) -> None:
+    backend = ("127.0.0.1", relayed.nodes[0].port)
+    hooks = Narrowing()
+
+    async def run() -> None:
+        async with _InProcessRelay(backend, hooks) as dsn:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute("SELECT 1")
+                assert await cur.fetchone() == (1,)
+                for i in range(5):
+                    cur = await conn.execute("SELECT %s::int", (i,), prepare=True)
+                    assert await cur.fetchone() == (i,)
+                async with conn.pipeline():
+                    curs = [await conn.execute("SELECT %s::int", (i,)) for i in range(20)]
+                assert [(await c.fetchone())[0] for c in curs] == list(range(20))
+                cur = await conn.execute("SELECT 'after'")
+                assert await cur.fetchone() == ("after",)
+                session = hooks.sessions[-1]
+                assert session.pending == 0 and not session.in_batch
+
+    asyncio.run(run())
+    # the first message decides; after it only Queries reach the hook, never inside a batch
+    assert {name for name, _ in hooks.seen[1:]} == {"Query"}
+    assert not any(in_batch for _, in_batch in hooks.seen)
+
+
 class Counting(Hooks):
     """A hook that decides at once (no awaitable): the fast path."""
 
