@@ -32,6 +32,8 @@ CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(
 CREATE TABLE plain (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL,
                     opened timestamptz NOT NULL DEFAULT now(), tags text[]);
 CREATE TABLE local_notes (id int PRIMARY KEY, note text);
+CREATE SCHEMA "odd,name";
+CREATE TABLE "odd,name".accounts (id int PRIMARY KEY, owner text NOT NULL, balance int);
 CREATE TABLE tokens (id int PRIMARY KEY, token uuid NOT NULL DEFAULT gen_random_uuid());
 CREATE TABLE audited (id int PRIMARY KEY, at timestamptz);
 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql VOLATILE
@@ -266,6 +268,17 @@ def test_error_in_a_pipeline_skips_the_rest_until_sync(proxied) -> None:
     ids = {r[0] for r in rows_everywhere(proxied)}
     assert 600 in ids      # each replicated write commits in its own slot (README: limits)
     assert 601 not in ids  # skipped after the error, as PostgreSQL skips until Sync
+
+
+def test_search_path_with_a_comma_in_a_schema_name(proxied) -> None:
+    # The session's schemas come from the node as a list: "odd,name" is one schema, whose
+    # unregistered accounts table hides public.accounts, exactly as PostgreSQL resolves it.
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+        conn.execute('SET search_path = "odd,name", public')
+        conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (900, 'odd', 1)")
+        assert conn.execute('SELECT owner FROM "odd,name".accounts WHERE id = 900'
+                            ).fetchone() == ("odd",)
+    assert 900 not in {r[0] for r in rows_everywhere(proxied)}
 
 
 def _raw_exchange(sock: socket.socket, *messages) -> list:
