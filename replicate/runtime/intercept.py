@@ -233,6 +233,11 @@ class ReplicateHooks(Hooks):
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
                 return self._bind_read(session)
+            if isinstance(stmt.decision, Replicate) and not state.mid_batch \
+                    and session.transaction_status != "E":
+                # the facts the Execute will log (role, settings) are the session's now,
+                # not those read when the statement was prepared (SET ROLE in between)
+                return self._bind_write(session)
             return Action.FORWARD
         if t is m.Execute:
             entry = state.portals.get(message.portal)
@@ -471,6 +476,13 @@ class ReplicateHooks(Hooks):
             return Action.HANDLED
         session.write_client(b"".join(self._outcome_messages(session, result, describe=False)))
         return Action.HANDLED
+
+    async def _bind_write(self, session: Session) -> Action:
+        try:
+            await self._session(session)
+        except ReplicateError as exc:
+            return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message))
+        return Action.FORWARD
 
     async def _bind_read(self, session: Session) -> Action:
         facts = await self._session(session)

@@ -281,6 +281,28 @@ def test_search_path_with_a_comma_in_a_schema_name(proxied) -> None:
     assert 900 not in {r[0] for r in rows_everywhere(proxied)}
 
 
+def test_set_role_between_executions_of_a_prepared_write(proxied) -> None:
+    # The role (and the other session facts) of a prepared write are the session's at its
+    # Bind, not the ones read when it was prepared: as PostgreSQL, the second INSERT runs
+    # as the role set in between and is refused.
+    for node in proxied.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("DO $$ BEGIN CREATE ROLE reader_only; "
+                         "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            conn.execute("GRANT SELECT ON accounts TO reader_only")
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES (%s, 'role', 0)"
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+        conn.prepare_threshold = 0
+        conn.execute(insert, [710], prepare=True)
+        conn.execute("SET ROLE reader_only")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(insert, [711], prepare=True)
+        conn.execute("RESET ROLE")
+        conn.execute(insert, [712], prepare=True)
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert {710, 712} <= ids and 711 not in ids
+
+
 def _raw_exchange(sock: socket.socket, *messages) -> list:
     """Send ``messages`` as one write; the node's replies up to and including ReadyForQuery."""
     sock.sendall(b"".join(codec.encode(msg) for msg in messages))
