@@ -17,7 +17,11 @@ the same file by hand for servers they run themselves::
     ...
 
 Per node, ``data_dir`` is set only for nodes that ``replicate up`` manages
-itself (a local PostgreSQL data directory).
+itself (a local PostgreSQL data directory). ``socket_dir`` (optional) is the
+node's Unix-socket directory on the proxy's own machine: that node's proxy
+then reaches its PostgreSQL through the socket (cheaper than loopback TCP),
+trying ``dsn``'s own host next if the socket is missing; everyone else (other
+proxies, the operator commands) uses ``dsn``. ``replicate up`` writes it.
 
 Parsing is strict: unknown keys, duplicate names, bad addresses and
 malformed DSNs are errors that say where they are, because a typo in a
@@ -41,7 +45,7 @@ DEFAULT_CONFIG = Path("cluster.toml")
 
 _CLUSTER_KEYS = {"name", "read_consistency", "connect_timeout_s", "write_timeout_s",
                  "apply_timeout_ms"}
-_NODE_KEYS = {"name", "dsn", "proxy", "data_dir"}
+_NODE_KEYS = {"name", "dsn", "proxy", "data_dir", "socket_dir"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,35 @@ class NodeConfig:
     dsn: str
     proxy: str
     data_dir: Path | None = None
+    socket_dir: Path | None = None
+
+    @property
+    def local_dsn(self) -> str:
+        """The DSN this node's own proxy uses: through ``socket_dir`` first, then ``dsn``.
+
+        Without ``socket_dir`` it is ``dsn``. With it, a libpq multi-host DSN whose first
+        host is the socket directory and whose second is ``dsn``'s own host (libpq,
+        psycopg and the relay try them in order), with ``dsn``'s port and other parameters.
+        """
+        if self.socket_dir is None:
+            return self.dsn
+        params = psycopg.conninfo.conninfo_to_dict(self.dsn)
+        host = str(params.pop("host", "") or "")
+        hostaddr = str(params.pop("hostaddr", "") or "")
+        port = str(params.pop("port", "") or "")
+        if "," in host or "," in hostaddr or "," in port:
+            raise ConfigError(f"node {self.name!r}: socket_dir needs a dsn with one host",
+                              hint="leave socket_dir out, or list the socket directory as "
+                                   "the dsn's first host yourself")
+        hosts = [str(self.socket_dir)]
+        if host or hostaddr:
+            hosts.append(host or hostaddr)
+        extra: dict[str, str] = {"host": ",".join(hosts)}
+        if hostaddr and host:
+            extra["hostaddr"] = "," + hostaddr   # the socket entry has none
+        if port:
+            extra["port"] = port                 # one port: used for every host
+        return psycopg.conninfo.make_conninfo("", **extra, **params)
 
     @property
     def proxy_host(self) -> str:
@@ -164,7 +197,17 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
         data_dir = raw.get("data_dir")
         if data_dir is not None and not isinstance(data_dir, str):
             raise ConfigError(f"{where}: data_dir must be a string")
-        nodes.append(NodeConfig(node_name, dsn, proxy, Path(data_dir) if data_dir else None))
+        socket_dir = raw.get("socket_dir")
+        if socket_dir is not None and (not isinstance(socket_dir, str)
+                                       or not socket_dir.startswith("/") or "," in socket_dir):
+            raise ConfigError(f"{where}: socket_dir must be an absolute directory path "
+                              "(without commas)",
+                              hint="the directory of PostgreSQL's unix_socket_directories "
+                                   "that holds .s.PGSQL.<port>")
+        node_config = NodeConfig(node_name, dsn, proxy, Path(data_dir) if data_dir else None,
+                                 Path(socket_dir) if socket_dir else None)
+        node_config.local_dsn  # noqa: B018 - validates the combination of dsn and socket_dir
+        nodes.append(node_config)
 
     seen: set[str] = set()
     for node in nodes:
@@ -204,6 +247,8 @@ def dump_config(config: ClusterConfig) -> str:
         entry: dict[str, Any] = {"name": node.name, "dsn": node.dsn, "proxy": node.proxy}
         if node.data_dir is not None:
             entry["data_dir"] = str(node.data_dir)
+        if node.socket_dir is not None:
+            entry["socket_dir"] = str(node.socket_dir)
         nodes.append(entry)
     document = {
         "cluster": {

@@ -119,7 +119,8 @@ class LocalCluster:
         for node in local_nodes:
             node.create(template=template, fsync=fsync)
         config = ClusterConfig(
-            nodes=tuple(NodeConfig(node.name, node.dsn, f"127.0.0.1:{base_port + i}", node.root)
+            nodes=tuple(NodeConfig(node.name, node.dsn, f"127.0.0.1:{base_port + i}", node.root,
+                                   node.socket_dir)
                         for i, node in enumerate(local_nodes)),
             name=directory.name or "replicate")
         write_config(config, directory / CONFIG_NAME)

@@ -46,7 +46,9 @@ ends that session with a FATAL (a ``ReplicateError``'s own SQLSTATE, else
 XX000); a statement-level error is the hook's to send as an ErrorResponse.
 ``Hooks`` is the base class (forward everything); ``hooks=None`` forwards
 everything without decoding anything (messages are only framed), the fastest
-path.
+path. A hook may narrow ``session.hooked`` (the type codes it is called for,
+default all of ``HOOKED``) while the other types cannot matter to it: those
+are forwarded like with ``hooks=None``, undecoded, in the same batch.
 
 ``Session`` exposes:
 
@@ -56,6 +58,13 @@ path.
   DateStyle, IntervalStyle, standard_conforming_strings, client_encoding,
   server_version, ...), kept current;
 - ``transaction_status``: ``I``/``T``/``E`` from the last ReadyForQuery;
+- ``in_batch``: extended-protocol messages (Parse, Bind, Describe, Execute,
+  Close) came from the client since its last Sync, not counting the message
+  being handled (kept by the relay, whatever ``hooked`` says);
+- ``hooked``: the frontend type codes passed to the hooks (see above);
+- ``executions``: how many Query, Execute and FunctionCall messages went from
+  the client to the node (hooked or not); a hook can tell from it whether
+  anything ran in the session since it last looked;
 - ``extra``: a dict for the hooks' own per-session state (e.g. "discard until
   Sync" after an error in an extended-protocol batch);
 - ``backend_pid``, ``backend_secret`` (BackendKeyData), ``encoding`` (the
@@ -83,6 +92,7 @@ import asyncio
 import enum
 import functools
 import logging
+import struct
 from collections.abc import Awaitable
 from typing import Any, Protocol
 
@@ -101,9 +111,15 @@ HIGH_WATER = 1024 * 1024      # a send buffer above this pauses reading the othe
 
 HOOKED = (m.Query, m.Parse, m.Bind, m.Describe, m.Execute, m.Sync, m.Close, m.Flush)
 _HOOKED_TYPES = frozenset(b"QPBDESCH")
+# extended-protocol messages that open a batch (an implicit transaction) until Sync; not Flush,
+# which drivers in pipeline mode also send right after a Sync
+_BATCH_TYPES = frozenset(b"PBDEC")
+_SYNC = ord("S")
 _SYNC_POINTS = frozenset(b"QSF")      # frontend messages answered by a ReadyForQuery
+_EXECUTING = frozenset(b"QEF")        # frontend messages that run SQL (Session.executions)
 _TRACKED = b"ZSKE"                    # backend messages the relay itself reads
 _TERMINATE = ord("X")
+_I32 = struct.Struct("!i")
 
 
 class Action(enum.Enum):
@@ -122,13 +138,70 @@ class Hooks:
         return Action.FORWARD
 
 
+Address = tuple[str, int]   # (host, port); a host starting with '/' is a Unix socket directory
+
+
 @functools.lru_cache(maxsize=16)
-def backend_address(dsn: str) -> tuple[str, int]:
-    """(host, port) of a libpq DSN; a host starting with '/' is a Unix socket directory."""
+def backend_addresses(dsn: str) -> tuple[Address, ...]:
+    """Every (host, port) of a libpq DSN, in the order libpq tries them.
+
+    ``host=/run/pg,127.0.0.1 port=5432`` gives the socket directory first, then
+    TCP (one port serves every host, as in libpq); an empty host is libpq's
+    default, 127.0.0.1 here. A ``hostaddr`` entry wins over its host.
+    """
     params = conninfo_to_dict(dsn)
-    host = (params.get("hostaddr") or params.get("host") or "127.0.0.1").split(",")[0]
-    port = int(str(params.get("port") or 5432).split(",")[0])
-    return host, port
+    hosts = str(params.get("host") or "").split(",")
+    addrs = str(params.get("hostaddr") or "").split(",")
+    ports = str(params.get("port") or "").split(",")
+    count = max(len(hosts), len(addrs))
+    out = []
+    for i in range(count):
+        host = (addrs[i] if i < len(addrs) else "") or (hosts[i] if i < len(hosts) else "")
+        port = ports[i] if len(ports) > 1 and i < len(ports) else ports[0]
+        out.append((host or "127.0.0.1", int(port or 5432)))
+    return tuple(out)
+
+
+def backend_address(dsn: str) -> Address:
+    """The first (host, port) of a libpq DSN (see ``backend_addresses``)."""
+    return backend_addresses(dsn)[0]
+
+
+def describe_address(address: Address) -> str:
+    host, port = address
+    return f"{host}/.s.PGSQL.{port}" if host.startswith("/") else f"{host}:{port}"
+
+
+def _addresses(backend: Address | tuple[Address, ...]) -> tuple[Address, ...]:
+    return (backend,) if isinstance(backend[0], str) else tuple(backend)  # type: ignore[return-value]
+
+
+_fallbacks: set[Address] = set()   # addresses we logged as unreachable (log once per outage)
+
+
+async def _connect(loop: asyncio.AbstractEventLoop, factory, addresses: tuple[Address, ...],
+                   timeout: float):
+    """Connect to the first address that answers, like libpq; OSError lists every failure."""
+    failures = []
+    for address in addresses:
+        host, port = address
+        try:
+            if host.startswith("/"):
+                connect = loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
+            else:
+                connect = loop.create_connection(factory, host, port)
+            result = await asyncio.wait_for(connect, timeout)
+        except (OSError, asyncio.TimeoutError) as exc:
+            failures.append(f"{describe_address(address)}: {exc or type(exc).__name__}")
+            if address not in _fallbacks and len(addresses) > 1:
+                _fallbacks.add(address)
+                log.warning("cannot reach the PostgreSQL node at %s (%s)%s",
+                            describe_address(address), exc or type(exc).__name__,
+                            "; trying the next address" if address != addresses[-1] else "")
+            continue
+        _fallbacks.discard(address)
+        return result
+    raise OSError("; ".join(failures))
 
 
 def _frame_type(type_: bytes, body: bytes, encoding: str) -> int:
@@ -217,6 +290,9 @@ class Session:
         self.startup: dict[str, str] = dict(startup.params)
         self.parameters: dict[str, str] = {}
         self.transaction_status = "I"
+        self.in_batch = False
+        self.executions = 0
+        self.hooked: frozenset[int] = _HOOKED_TYPES
         self.backend_pid: int | None = None
         self.backend_secret: bytes | None = None
         self.encoding = "utf-8"
@@ -409,6 +485,10 @@ class Session:
                     self._sent(syncs)
                 self._backend.transport.write(data)
             else:
+                if self._hook_task is None and not self._decoder.buffered:
+                    data = self._pass_unhooked(data)
+                    if not data:
+                        return
                 self._decoder.feed(data)
                 if self._hook_task is None:
                     self._relay_frames()
@@ -418,6 +498,48 @@ class Session:
             self._fatal("08P01", exc.message)
         except Exception as exc:  # noqa: BLE001 - a hook failure ends this session only
             self._hook_failed(exc)
+
+    def _pass_unhooked(self, data: bytes) -> bytes:
+        """Forward the whole messages at the start of ``data`` that no hook wants, undecoded.
+
+        They go to the node as one slice of the chunk, without the per-message decoding
+        and copying of ``_relay_frames``; what is left (from the first hooked or cut
+        message on) is returned for the decoder. Called only with the decoder empty and
+        no hook running, so nothing is reordered.
+        """
+        hooked = self.hooked
+        n = len(data)
+        pos = 0
+        unpack_from = _I32.unpack_from
+        while n - pos >= 5:
+            code = data[pos]
+            if code in hooked:
+                break
+            length = unpack_from(data, pos + 1)[0]
+            end = pos + 1 + length
+            if length < 4 or length > codec.MAX_MESSAGE_LENGTH or end > n:
+                break   # cut, or malformed: the decoder buffers it or raises
+            if code in _BATCH_TYPES:
+                self.in_batch = True
+            elif code in _SYNC_POINTS:
+                self._out_syncs += 1
+                if code == _SYNC:
+                    self.in_batch = False
+            elif code == _TERMINATE:
+                self._terminated = True
+            if code in _OWING:
+                self._owed += 1
+            if code in _EXECUTING:
+                self.executions += 1
+            pos = end
+        if pos == 0:
+            return data
+        if pos == n:
+            self._out.append(data)
+            self._flush_out()
+            return b""
+        self._out.append(data[:pos])
+        return data[pos:]
 
     def _relay_frames(self) -> None:
         """Forward decoded frames until the buffer is empty or a hook must be awaited.
@@ -433,21 +555,31 @@ class Session:
             while (frame := decoder.next_typed_frame()) is not None:
                 t, raw = frame
                 code = raw[0]
-                if code in _HOOKED_TYPES:
+                if code in self.hooked:
                     action = hooks.on_frontend(self, codec.parse_frontend(t, raw[5:],
                                                                           decoder.encoding))
+                    if code in _BATCH_TYPES:
+                        self.in_batch = True
+                    elif code == _SYNC:
+                        self.in_batch = False
                     if action is Action.HANDLED:
                         continue
                     if action is not Action.FORWARD:
                         self._flush_out()
                         self._await_hook(action, raw)
                         return
+                elif code in _BATCH_TYPES:
+                    self.in_batch = True
+                elif code == _SYNC:
+                    self.in_batch = False
                 if code in _SYNC_POINTS:
                     self._out_syncs += 1
                 elif code in _OWING:
                     self._owed += 1
                 elif code == _TERMINATE:
                     self._terminated = True
+                if code in _EXECUTING:
+                    self.executions += 1
                 out.append(raw)
         finally:
             self._flush_out()
@@ -476,6 +608,8 @@ class Session:
                     self._out_syncs += 1
                 elif raw[0] in _OWING:
                     self._owed += 1
+                if raw[0] in _EXECUTING:
+                    self.executions += 1
             self._hook_task = None
             self._relay_frames()
             if self._hook_task is None and self._hook_hold:
@@ -545,8 +679,12 @@ class Session:
 # --------------------------------------------------------------------------- entry point
 
 async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                       *, backend: tuple[str, int], hooks: HooksProtocol | None = None) -> None:
-    """Serve one PostgreSQL client connection until either side closes."""
+                       *, backend: Address | tuple[Address, ...],
+                       hooks: HooksProtocol | None = None) -> None:
+    """Serve one PostgreSQL client connection until either side closes.
+
+    ``backend`` is the node's (host, port), or several tried in order (``backend_addresses``).
+    """
     decoder = codec.FrontendDecoder()
     decoder.feed(first8)
     try:
@@ -563,17 +701,11 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
     msg, raw = startup
     session = Session(msg, decoder, hooks)
     loop = asyncio.get_running_loop()
+    addresses = _addresses(backend)
     try:
-        host, port = backend
-        if host.startswith("/"):
-            connect = loop.create_unix_connection(lambda: session._backend,
-                                                  f"{host}/.s.PGSQL.{port}")
-        else:
-            connect = loop.create_connection(lambda: session._backend, host, port)
-        await asyncio.wait_for(connect, CONNECT_TIMEOUT_S)
-    except (OSError, asyncio.TimeoutError) as exc:
-        await _fatal(writer, "08006", f"the proxy cannot reach its PostgreSQL node at "
-                                      f"{backend[0]}:{backend[1]}: {exc}")
+        await _connect(loop, lambda: session._backend, addresses, CONNECT_TIMEOUT_S)
+    except OSError as exc:
+        await _fatal(writer, "08006", f"the proxy cannot reach its PostgreSQL node: {exc}")
         return
     # Hand the client socket over from the stream to the session's protocol.
     transport = writer.transport
@@ -596,7 +728,7 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
 
 
 async def _startup_phase(decoder: codec.FrontendDecoder, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter, backend: tuple[str, int]
+                         writer: asyncio.StreamWriter, backend: Address | tuple[Address, ...]
                          ) -> tuple[m.StartupMessage, bytes] | None:
     """Answer SSL/GSS requests, forward a cancel; return the StartupMessage and its bytes."""
     while True:
@@ -622,15 +754,14 @@ async def _startup_phase(decoder: codec.FrontendDecoder, reader: asyncio.StreamR
             return msg, raw
 
 
-async def _forward_cancel(raw: bytes, backend: tuple[str, int]) -> None:
-    host, port = backend
+async def _forward_cancel(raw: bytes, backend: Address | tuple[Address, ...]) -> None:
     try:
-        if host.startswith("/"):
-            connect = asyncio.open_unix_connection(f"{host}/.s.PGSQL.{port}")
-        else:
-            connect = asyncio.open_connection(host, port)
-        breader, bwriter = await asyncio.wait_for(connect, 5)
-    except (OSError, asyncio.TimeoutError):
+        breader = asyncio.StreamReader(limit=2 ** 16)
+        loop = asyncio.get_running_loop()
+        transport, protocol = await _connect(
+            loop, lambda: asyncio.StreamReaderProtocol(breader), _addresses(backend), 5)
+        bwriter = asyncio.StreamWriter(transport, protocol, breader, loop)
+    except OSError:
         return
     try:
         bwriter.write(raw)
@@ -651,4 +782,4 @@ async def _fatal(writer: asyncio.StreamWriter, sqlstate: str, message: str) -> N
 
 
 __all__ = ["Action", "HOOKED", "Hooks", "HooksProtocol", "Session", "backend_address",
-           "relay_client"]
+           "backend_addresses", "describe_address", "relay_client"]

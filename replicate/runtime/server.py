@@ -25,7 +25,7 @@ from replicate.errors import ProtocolError, ReplicateError
 from replicate.paxos.messages import Chosen, Forward, Heartbeat
 from replicate.runtime import peerwire
 from replicate.runtime.engine import Engine
-from replicate.runtime.relay import backend_address, relay_client
+from replicate.runtime.relay import backend_addresses, relay_client
 
 log = logging.getLogger("replicate.server")
 
@@ -77,7 +77,7 @@ class ProxyServer:
             else:
                 engine = self.engine
                 await relay_client(first, reader, writer, hooks=self.hooks,
-                                   backend=backend_address(engine.config.nodes[engine.index].dsn))
+                                   backend=backend_addresses(engine.config.nodes[engine.index].dsn))
         except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError):
             pass
         except asyncio.CancelledError:  # the proxy is stopping: close quietly

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import subprocess
 import time
 
@@ -17,6 +18,8 @@ import pytest
 from psycopg import errors
 
 from replicate.command import register_table
+from replicate.pgwire import codec
+from replicate.pgwire import messages as m
 from replicate.runtime.client import ProxyClient
 
 from .replicated import start_replicated
@@ -29,6 +32,8 @@ CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(
 CREATE TABLE plain (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2) NOT NULL,
                     opened timestamptz NOT NULL DEFAULT now(), tags text[]);
 CREATE TABLE local_notes (id int PRIMARY KEY, note text);
+CREATE SCHEMA "odd,name";
+CREATE TABLE "odd,name".accounts (id int PRIMARY KEY, owner text NOT NULL, balance int);
 CREATE TABLE tokens (id int PRIMARY KEY, token uuid NOT NULL DEFAULT gen_random_uuid());
 CREATE TABLE audited (id int PRIMARY KEY, at timestamptz);
 CREATE FUNCTION stamp() RETURNS trigger LANGUAGE plpgsql VOLATILE
@@ -266,6 +271,93 @@ def test_error_in_a_pipeline_skips_the_rest_until_sync(proxied) -> None:
     ids = {r[0] for r in rows_everywhere(proxied)}
     assert 600 in ids      # each replicated write commits in its own slot (README: limits)
     assert 601 not in ids  # skipped after the error, as PostgreSQL skips until Sync
+
+
+def test_search_path_with_a_comma_in_a_schema_name(proxied) -> None:
+    # The session's schemas come from the node as a list: "odd,name" is one schema, whose
+    # unregistered accounts table hides public.accounts, exactly as PostgreSQL resolves it.
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+        conn.execute('SET search_path = "odd,name", public')
+        conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (900, 'odd', 1)")
+        assert conn.execute('SELECT owner FROM "odd,name".accounts WHERE id = 900'
+                            ).fetchone() == ("odd",)
+    assert 900 not in {r[0] for r in rows_everywhere(proxied)}
+
+
+def test_set_role_between_executions_of_a_prepared_write(proxied) -> None:
+    # The role (and the other session facts) of a prepared write are the session's at its
+    # Bind, not the ones read when it was prepared: as PostgreSQL, the second INSERT runs
+    # as the role set in between and is refused.
+    for node in proxied.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("DO $$ BEGIN CREATE ROLE reader_only; "
+                         "EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+            conn.execute("GRANT SELECT ON accounts TO reader_only")
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES (%s, 'role', 0)"
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+        conn.prepare_threshold = 0
+        conn.execute(insert, [710], prepare=True)
+        conn.execute("SET ROLE reader_only")
+        with pytest.raises(errors.InsufficientPrivilege):
+            conn.execute(insert, [711], prepare=True)
+        conn.execute("RESET ROLE")
+        conn.execute(insert, [712], prepare=True)
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert {710, 712} <= ids and 711 not in ids
+
+
+def _raw_exchange(sock: socket.socket, *messages) -> list:
+    """Send ``messages`` as one write; the node's replies up to and including ReadyForQuery."""
+    sock.sendall(b"".join(codec.encode(msg) for msg in messages))
+    decoder, replies = codec.BackendDecoder(), []
+    while True:
+        msg = decoder.next_message()
+        if msg is None:
+            data = sock.recv(65536)
+            assert data, "the proxy closed the connection"
+            decoder.feed(data)
+            continue
+        replies.append(msg)
+        if isinstance(msg, m.ReadyForQuery):
+            return replies
+
+
+def test_a_write_after_other_statements_in_one_batch_is_seen_inside_the_batch(proxied) -> None:
+    # Statements on unregistered tables leave the hooks quiet (their Bind/Execute/Sync are
+    # relayed undecoded); the relay still knows the batch is open when the write's Parse
+    # comes, so the proxy does not send its own query into the middle of the batch (it
+    # refuses the write, as a write first in a batch is the way), and the batch ends as
+    # PostgreSQL ends it.
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES ({}, 'raw', 0)"
+    with psycopg.connect(proxy_dsn(proxied, "n2"), autocommit=True) as conn:
+        conn.execute("SELECT count(*) FROM accounts")  # the proxy has its catalog loaded now
+    with socket.create_connection(proxied.proxy_address("n2"), timeout=30) as sock:
+        replies = _raw_exchange(sock, m.StartupMessage({"user": "postgres",
+                                                        "database": "postgres"}))
+        assert isinstance(replies[-1], m.ReadyForQuery)
+        # unregistered statements only: the hooks go quiet
+        replies = _raw_exchange(sock, m.Parse("one", "SELECT 1", ()), m.Sync())
+        assert [type(r) for r in replies] == [m.ParseComplete, m.ReadyForQuery]
+        for _ in range(2):
+            replies = _raw_exchange(sock, m.Bind("", "one"), m.Execute("", 0), m.Sync())
+            assert [type(r) for r in replies][-2:] == [m.CommandComplete, m.ReadyForQuery]
+        # Bind and Execute of "one" open the batch without being decoded
+        replies = _raw_exchange(sock, m.Bind("", "one"), m.Execute("", 0),
+                                m.Parse("", insert.format(660), ()),
+                                m.Bind("", ""), m.Execute("", 0), m.Sync())
+        errors_ = [r for r in replies if isinstance(r, m.ErrorResponse)]
+        assert len(errors_) == 1 and errors_[0].fields["C"] == "0A000", replies
+        assert "inside a pipeline" in errors_[0].fields["M"]
+        assert replies[-1] == m.ReadyForQuery("I")
+        assert any(isinstance(r, m.DataRow) for r in replies)  # the SELECT before it ran
+        # first in its batch, the same write goes through the log
+        replies = _raw_exchange(sock, m.Parse("", insert.format(661), ()), m.Bind("", ""),
+                                m.Execute("", 0), m.Sync())
+        assert [type(r) for r in replies] == [m.ParseComplete, m.BindComplete,
+                                              m.CommandComplete, m.ReadyForQuery], replies
+        sock.sendall(codec.encode(m.Terminate()))
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert 660 not in ids and 661 in ids
 
 
 def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:

@@ -40,7 +40,10 @@ def relayed(pg_binaries, pg_template):
     cluster = factory(1)
     node = cluster.nodes[0]
     hba = node.data_dir / "pg_hba.conf"
-    lines = "".join(f"host all {role} 127.0.0.1/32 {method}\n" for role, (method, _) in ROLES.items())
+    # the proxy reaches its node through the Unix socket (socket_dir): `local` lines apply
+    # to it, `host` lines to direct clients; both ask for the password
+    lines = "".join(f"{kind} all {role} {where} {method}\n" for role, (method, _) in ROLES.items()
+                    for kind, where in (("local", ""), ("host", "127.0.0.1/32")))
     hba.write_text(lines + hba.read_text())
     with psycopg.connect(node.dsn, autocommit=True) as conn:
         for role, (method, password) in ROLES.items():
@@ -450,6 +453,73 @@ def test_hooks_see_messages_and_can_answer_themselves(relayed) -> None:
     assert session.backend_pid and session.backend_secret
     assert session.pending == 0 and session.transaction_status == "I"
     assert {"Query", "Parse", "Bind", "Describe", "Execute", "Sync"} <= set(hooks.seen)
+
+
+def test_relay_through_a_unix_socket_falls_back_in_order_and_names_what_failed(relayed) -> None:
+    node = relayed.nodes[0]
+    socket = (str(node.socket_dir), node.port)
+    missing = ("/nonexistent-replicate-socket-dir", node.port)
+    tcp = ("127.0.0.1", node.port)
+
+    async def client_addr(backend, hooks) -> object:
+        async with _InProcessRelay(backend, hooks) as dsn:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute("SELECT inet_client_addr()")
+                return (await cur.fetchone())[0]
+
+    async def run() -> None:
+        # inet_client_addr() is NULL for a Unix-socket connection, the address over TCP
+        assert await client_addr(socket, None) is None
+        assert await client_addr(socket, Hooks()) is None
+        assert await client_addr((missing, tcp), None) is not None  # the next address, as libpq
+        assert await client_addr((socket, tcp), Counting()) is None
+        async with _InProcessRelay(missing, None) as dsn:
+            with pytest.raises(psycopg.OperationalError) as info:
+                await psycopg.AsyncConnection.connect(dsn, connect_timeout=5)
+        assert "the proxy cannot reach its PostgreSQL node" in str(info.value)
+        assert f"/nonexistent-replicate-socket-dir/.s.PGSQL.{node.port}" in str(info.value)
+
+    asyncio.run(run())
+
+
+class Narrowing(Hooks):
+    """Wants only Query messages: the rest are relayed undecoded (``session.hooked``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool]] = []
+        self.sessions = []
+
+    def on_frontend(self, session, message):
+        session.hooked = frozenset(b"Q")
+        self.sessions.append(session)
+        self.seen.append((type(message).__name__, session.in_batch))
+        return Action.FORWARD
+
+
+def test_hooks_can_narrow_the_messages_they_see(relayed) -> None:
+    backend = ("127.0.0.1", relayed.nodes[0].port)
+    hooks = Narrowing()
+
+    async def run() -> None:
+        async with _InProcessRelay(backend, hooks) as dsn:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute("SELECT 1")
+                assert await cur.fetchone() == (1,)
+                for i in range(5):
+                    cur = await conn.execute("SELECT %s::int", (i,), prepare=True)
+                    assert await cur.fetchone() == (i,)
+                async with conn.pipeline():
+                    curs = [await conn.execute("SELECT %s::int", (i,)) for i in range(20)]
+                assert [(await c.fetchone())[0] for c in curs] == list(range(20))
+                cur = await conn.execute("SELECT 'after'")
+                assert await cur.fetchone() == ("after",)
+                session = hooks.sessions[-1]
+                assert session.pending == 0 and not session.in_batch
+
+    asyncio.run(run())
+    # the first message decides; after it only Queries reach the hook, never inside a batch
+    assert {name for name, _ in hooks.seen[1:]} == {"Query"}
+    assert not any(in_batch for _, in_batch in hooks.seen)
 
 
 class Counting(Hooks):

@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
+from replicate.gate import Read
 from replicate.pgwire import messages as m
 from replicate.runtime import intercept
-from replicate.runtime.intercept import SESSION_SQL, ReplicateHooks
+from replicate.runtime.intercept import SESSION_SQL, ReplicateHooks, _Statement
 from replicate.runtime.relay import Action
-
-FACTS = (b"alice", b"public", b'"$user", public', b"UTC", b"ISO, MDY", b"postgres", b"1",
-         b"hex", b"on", None)
 
 
 class FakeSession:
-    """What ``ReplicateHooks._session`` uses of a relay session; counts facts queries."""
+    """What the hooks use of a relay session, counting executions as the relay does; counts
+    the facts queries."""
 
     def __init__(self) -> None:
         self.extra: dict = {}
         self.parameters = {"TimeZone": "UTC", "DateStyle": "ISO, MDY"}
         self.encoding = "utf-8"
         self.facts_queries = 0
-        self.role = b"alice"
+        self.role = "alice"
+        self.executions = 0
+        self.in_batch = False
+        self.hooked = frozenset()
+        self.transaction_status = "I"
 
     async def exchange(self, message) -> list:
         assert message == m.Query(SESSION_SQL)
         self.facts_queries += 1
-        row = (self.role,) + FACTS[1:3] + (self.parameters["TimeZone"].encode(),) + FACTS[4:]
-        return [m.DataRow(row), m.ReadyForQuery("I")]
+        facts = [self.role, ["public"], '"$user", public', self.parameters["TimeZone"],
+                 "ISO, MDY", "postgres", "1", "hex", "on", None]
+        return [m.DataRow((json.dumps(facts).encode(),)), m.ReadyForQuery("I")]
 
 
 class Hooks(ReplicateHooks):
@@ -38,6 +43,19 @@ class Hooks(ReplicateHooks):
         return False  # every statement in these tests is relayed untouched
 
 
+def send(hooks: Hooks, session: FakeSession, message) -> Action:
+    """One client message through the hooks, then what the relay does when it forwards it."""
+    action = hooks.on_frontend(session, message)
+    assert action is Action.FORWARD
+    if type(message) in (m.Query, m.Execute):
+        session.executions += 1
+    if type(message) in (m.Parse, m.Bind, m.Describe, m.Execute, m.Close):
+        session.in_batch = True
+    elif type(message) is m.Sync:
+        session.in_batch = False
+    return action
+
+
 def test_facts_are_reused_until_something_runs_in_the_session() -> None:
     hooks, session = Hooks(), FakeSession()
 
@@ -46,12 +64,12 @@ def test_facts_are_reused_until_something_runs_in_the_session() -> None:
         seen.append((await hooks._session(session))["role"])     # reused
         for message in (m.Parse("s", "SELECT 1", ()), m.Bind("", "s", (), (), ()),
                         m.Describe("P", ""), m.Close("S", "s"), m.Flush(), m.Sync()):
-            assert hooks.on_frontend(session, message) is Action.FORWARD
+            send(hooks, session, message)
         seen.append((await hooks._session(session))["role"])     # still reused
-        session.role = b"bob"                                    # e.g. SET ROLE bob
-        assert hooks.on_frontend(session, m.Query("SET ROLE bob")) is Action.FORWARD
+        session.role = "bob"                                     # e.g. SET ROLE bob
+        send(hooks, session, m.Query("SET ROLE bob"))
         seen.append((await hooks._session(session))["role"])     # asked again
-        assert hooks.on_frontend(session, m.Execute("", 0)) is Action.FORWARD
+        session.executions += 1  # an Execute the hooks never saw (the relay counts it)
         seen.append((await hooks._session(session))["role"])     # asked again
         return seen
 
@@ -81,8 +99,6 @@ def test_facts_are_asked_again_when_reported_settings_change_or_they_age() -> No
 
 
 def test_executing_a_pure_read_keeps_the_facts() -> None:
-    from replicate.gate import Read
-    from replicate.runtime.intercept import _Statement
     hooks, session = Hooks(), FakeSession()
     state = hooks._state(session)
     state.portals["pure"] = (_Statement("SELECT 1", (), Read(0, 8, pure=True)), None)
@@ -90,12 +106,12 @@ def test_executing_a_pure_read_keeps_the_facts() -> None:
 
     async def scenario() -> None:
         await hooks._session(session)
-        assert hooks.on_frontend(session, m.Execute("pure", 0)) is Action.FORWARD
-        hooks.on_frontend(session, m.Sync())
+        send(hooks, session, m.Execute("pure", 0))
+        send(hooks, session, m.Sync())
         await hooks._session(session)
         assert session.facts_queries == 1  # still current
-        assert hooks.on_frontend(session, m.Execute("impure", 0)) is Action.FORWARD
-        hooks.on_frontend(session, m.Sync())
+        send(hooks, session, m.Execute("impure", 0))
+        send(hooks, session, m.Sync())
         await hooks._session(session)
         assert session.facts_queries == 2
 
