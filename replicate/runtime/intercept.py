@@ -274,7 +274,8 @@ class ReplicateHooks(Hooks):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
                 return self._bind_read(session)
             if isinstance(stmt.decision, Replicate) and not state.mid_batch \
-                    and session.transaction_status != "E":
+                    and session.transaction_status != "E" \
+                    and not self._facts_current(session, state):
                 # A prepared write executed again: its batch starts here, the last point
                 # where the session's facts (role, settings: SET ROLE may have run since the
                 # Parse) can be asked for (see _session)
@@ -331,10 +332,7 @@ class ReplicateHooks(Hooks):
                 if name in session.parameters:
                     facts[name] = session.parameters[name]
             return facts
-        if state.facts is not None and state.facts_executions == session.executions \
-                and asyncio.get_running_loop().time() - state.facts_at < FACTS_MAX_AGE \
-                and all(state.facts.get(name) == session.parameters.get(name, state.facts.get(name))
-                        for name in _REPORTED):
+        if self._facts_current(session, state):
             return state.facts
         replies = await session.exchange(m.Query(SESSION_SQL))
         rows = [r for r in replies if type(r) is m.DataRow]
@@ -349,6 +347,15 @@ class ReplicateHooks(Hooks):
         state.facts_executions = session.executions
         state.facts_at = asyncio.get_running_loop().time()
         return facts
+
+    @staticmethod
+    def _facts_current(session: Session, state: _SessionState) -> bool:
+        """The facts last read still hold (see the module docstring)."""
+        facts = state.facts
+        return (facts is not None and state.facts_executions == session.executions
+                and asyncio.get_running_loop().time() - state.facts_at < FACTS_MAX_AGE
+                and all(facts.get(name) == session.parameters.get(name, facts.get(name))
+                        for name in _REPORTED))
 
     def _consistency(self, facts: dict[str, str | None]) -> str:
         value = facts.get(SETTING) or self.default_consistency

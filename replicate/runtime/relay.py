@@ -117,6 +117,8 @@ _BATCH_TYPES = frozenset(b"PBDEC")
 _SYNC = ord("S")
 _SYNC_POINTS = frozenset(b"QSF")      # frontend messages answered by a ReadyForQuery
 _EXECUTING = frozenset(b"QEF")        # frontend messages that run SQL (Session.executions)
+_FLUSH_MESSAGE = b"H\x00\x00\x00\x04"
+_CLIENT_HOLD_MAX = 64 * 1024          # bytes held for the client while a hook runs
 _TRACKED = b"ZSKE"                    # backend messages the relay itself reads
 _TERMINATE = ord("X")
 _I32 = struct.Struct("!i")
@@ -292,6 +294,8 @@ class Session:
         self.transaction_status = "I"
         self.in_batch = False
         self.executions = 0
+        self._client_out: list[bytes] = []   # held for the client while a hook runs
+        self._client_out_size = 0
         self.hooked: frozenset[int] = _HOOKED_TYPES
         self.backend_pid: int | None = None
         self.backend_secret: bytes | None = None
@@ -338,9 +342,29 @@ class Session:
     # -- the API for hooks --------------------------------------------------------------
 
     def write_client(self, data: bytes | Any) -> None:
+        self._to_client(data if isinstance(data, (bytes, bytearray)) else
+                        codec.encode(data, self.encoding))
+
+    def _to_client(self, data: bytes) -> None:
+        """Write to the client; while a hook runs, collect instead (the client is not read
+        meanwhile), so that e.g. a write's BindComplete and CommandComplete go in one send."""
+        if self._hook_task is not None:
+            self._client_out.append(data)
+            self._client_out_size += len(data)
+            if self._client_out_size >= _CLIENT_HOLD_MAX:  # keep the backpressure working
+                self._flush_client()
+            return
+        self._flush_client()
         if self._client.transport is not None:
-            self._client.transport.write(data if isinstance(data, (bytes, bytearray)) else
-                                         codec.encode(data, self.encoding))
+            self._client.transport.write(data)
+
+    def _flush_client(self) -> None:
+        out = self._client_out
+        if out:
+            if self._client.transport is not None:
+                self._client.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+            self._client_out_size = 0
 
     def write_backend(self, data: bytes | Any) -> None:
         self._flush_out()  # messages forwarded before this one go first
@@ -372,12 +396,14 @@ class Session:
         everything before it has reached the client, and after an error PostgreSQL
         would skip the rest of the batch.
         """
-        self._flush_out()
         if self._owed > 0:
-            self.write_backend(codec.encode(m.Flush()))
+            self._out.append(_FLUSH_MESSAGE)  # one send with what was forwarded before
+            self._flush_out()
             while self._owed > 0:
                 self._settled.clear()
                 await self._settled.wait()
+        else:
+            self._flush_out()
         return self._batch_error
 
     async def exchange(self, data: bytes | Any) -> list[Any]:
@@ -445,7 +471,9 @@ class Session:
     def _fatal(self, sqlstate: str, message: str) -> None:
         """Tell the client why (FATAL), then close both connections."""
         if not self._client_gone:
-            self.write_client(codec.error_bytes("FATAL", sqlstate, message))
+            self._flush_client()
+            if self._client.transport is not None:
+                self._client.transport.write(codec.error_bytes("FATAL", sqlstate, message))
         self._close()
 
     def _close(self) -> None:
@@ -551,6 +579,7 @@ class Session:
         decoder = self._decoder
         hooks = self.hooks
         out = self._out
+        awaiting = False
         try:
             while (frame := decoder.next_typed_frame()) is not None:
                 t, raw = frame
@@ -565,8 +594,11 @@ class Session:
                     if action is Action.HANDLED:
                         continue
                     if action is not Action.FORWARD:
-                        self._flush_out()
+                        # what was forwarded before stays in _out: the hook's first call that
+                        # reaches the node (settle, exchange, write_backend) or the end of the
+                        # hook sends it, in the same write (e.g. Bind together with Flush)
                         self._await_hook(action, raw)
+                        awaiting = True
                         return
                 elif code in _BATCH_TYPES:
                     self.in_batch = True
@@ -582,7 +614,8 @@ class Session:
                     self.executions += 1
                 out.append(raw)
         finally:
-            self._flush_out()
+            if not awaiting:
+                self._flush_out()
 
     def _flush_out(self) -> None:
         out = self._out
@@ -612,9 +645,11 @@ class Session:
                     self.executions += 1
             self._hook_task = None
             self._relay_frames()
-            if self._hook_task is None and self._hook_hold:
-                self._hook_hold = False
-                self._client.resume()
+            if self._hook_task is None:
+                self._flush_client()  # what the hook (and the node meanwhile) had for it
+                if self._hook_hold:
+                    self._hook_hold = False
+                    self._client.resume()
         except ProtocolError as exc:
             self._fatal("08P01", exc.message)
         except asyncio.CancelledError:
@@ -640,7 +675,7 @@ class Session:
                 return
             for msg, _ in self._scanner.feed(data):
                 self._track(msg)
-            self._client.transport.write(data)
+            self._to_client(data)
             if self.pending == 0 and not self._idle.is_set() and self._scanner.at_boundary:
                 self._idle.set()
         except ProtocolError as exc:
@@ -670,7 +705,8 @@ class Session:
                     self.write_client(early)
             for later, _ in found[i + 1:]:
                 self._track(later)
-            self._client.transport.write(data[end:])
+            if end < len(data):
+                self._to_client(data[end:])
             if not fut.done():
                 fut.set_result(got)
             return

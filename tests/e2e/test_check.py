@@ -29,6 +29,10 @@ def test_check_finds_a_row_changed_on_one_node(make_cluster) -> None:
             assert (await client.submit(register_table("accounts"))).ok
 
     asyncio.run(register())
+    # Every proxy must know the table is registered before writes go through n2 (the guard
+    # would refuse a write n2's proxy relayed just before it applied the registration;
+    # `replicate table add` avoids that by installing the guards first).
+    wait_converged(cluster)
     host, port = cluster.proxy_address("n2")
     with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres",
                          autocommit=True) as conn:

@@ -594,3 +594,52 @@ def test_gssenc_request_is_answered_n(relayed) -> None:
     assert any(isinstance(x, m.BackendKeyData) for x in seen)
     sock.sendall(codec.encode(m.Terminate()))
     sock.close()
+
+
+class AnsweringExecute(Hooks):
+    """Answers the Execute of ``SELECT 'mine'`` itself, after settle(), as the interception
+    of a replicated write does; counts the relay's writes to the client per round trip."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.portal_sql: dict[str, str] = {}
+
+    def on_frontend(self, session, message):
+        transport = session._client.transport
+        if not getattr(transport, "counted", False):
+            original = transport.write
+
+            def write(data, original=original):
+                self.writes.append(bytes(data))
+                original(data)
+            transport.write, transport.counted = write, True
+        if isinstance(message, m.Parse):
+            self.portal_sql[message.name] = message.sql
+        if isinstance(message, m.Execute) and "'mine'" in self.portal_sql.get("", ""):
+            return self._answer(session)
+        return Action.FORWARD
+
+    async def _answer(self, session) -> Action:
+        assert not await session.settle()
+        session.write_client(codec.data_row([b"mine"]))
+        session.write_client(codec.command_complete("SELECT 1"))
+        return Action.HANDLED
+
+
+def test_a_hooks_answer_goes_out_with_what_the_node_sent_meanwhile(relayed) -> None:
+    backend = ("127.0.0.1", relayed.nodes[0].port)
+    hooks = AnsweringExecute()
+
+    async def run() -> None:
+        async with _InProcessRelay(backend, hooks) as dsn:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                hooks.writes.clear()
+                cur = await conn.execute("SELECT 'mine'::text WHERE %s", [True])
+                assert await cur.fetchall() == [("mine",)]
+
+    asyncio.run(run())
+    # Parse/Bind/Describe replies and the hook's rows in one write, ReadyForQuery in another
+    # (it comes from the node after the Sync); without holding, 1 write more per reply burst
+    assert len(hooks.writes) == 2, [w[:1] for w in hooks.writes]
+    assert hooks.writes[0][:1] == b"1" and b"mine" in hooks.writes[0]
+    assert hooks.writes[1][:1] == b"Z"
