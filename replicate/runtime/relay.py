@@ -549,16 +549,9 @@ class Session:
                 break   # cut, or malformed: the decoder buffers it or raises
             if code in _BATCH_TYPES:
                 self.in_batch = True
-            elif code in _SYNC_POINTS:
-                self._out_syncs += 1
-                if code == _SYNC:
-                    self.in_batch = False
-            elif code == _TERMINATE:
-                self._terminated = True
-            if code in _OWING:
-                self._owed += 1
-            if code in _EXECUTING:
-                self.executions += 1
+            elif code == _SYNC:
+                self.in_batch = False
+            self._forwarded(code)
             pos = end
         if pos == 0:
             return data
@@ -604,18 +597,22 @@ class Session:
                     self.in_batch = True
                 elif code == _SYNC:
                     self.in_batch = False
-                if code in _SYNC_POINTS:
-                    self._out_syncs += 1
-                elif code in _OWING:
-                    self._owed += 1
-                elif code == _TERMINATE:
-                    self._terminated = True
-                if code in _EXECUTING:
-                    self.executions += 1
+                self._forwarded(code)
                 out.append(raw)
         finally:
             if not awaiting:
                 self._flush_out()
+
+    def _forwarded(self, code: int) -> None:
+        """The book-keeping for one client message of type ``code`` going to the node."""
+        if code in _SYNC_POINTS:
+            self._out_syncs += 1
+        elif code in _OWING:
+            self._owed += 1
+        elif code == _TERMINATE:
+            self._terminated = True
+        if code in _EXECUTING:
+            self.executions += 1
 
     def _flush_out(self) -> None:
         out = self._out
@@ -637,12 +634,7 @@ class Session:
             action = await awaitable
             if action is not Action.HANDLED:
                 self._out.append(raw)
-                if raw[0] in _SYNC_POINTS:
-                    self._out_syncs += 1
-                elif raw[0] in _OWING:
-                    self._owed += 1
-                if raw[0] in _EXECUTING:
-                    self.executions += 1
+                self._forwarded(raw[0])
             self._hook_task = None
             self._relay_frames()
             if self._hook_task is None:
