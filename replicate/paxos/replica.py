@@ -133,6 +133,7 @@ class Replica:
         self.learner = Learner(max(0, delivered_upto - config.early_apply))
         self._emitted = delivered_upto       # every slot <= this was handed out in Ready.chosen
         self._early: dict[int, Value] = {}   # known chosen, not yet learned (maybe unmarked)
+        self._early_pruned = self.learner.delivered_upto  # no _early key is at or below it
         self._promises: dict[int, Promise] = {}
         self._from_slot = 1
         self._waiting: list[Value] = []      # proposals received while campaigning
@@ -335,8 +336,15 @@ class Replica:
 
     def _marked(self, src: int, ballot: Ballot, upto: int) -> None:
         """The leader says every slot <= ``upto`` is marked at some acceptor."""
-        for slot in [s for s in self._early if s <= upto]:  # what we hold early is learned
-            self.learner.learn(slot, self._early.pop(slot))
+        early = self._early
+        if early:  # what we hold early of them is learned; look at as few slots as possible
+            first = self.learner.delivered_upto + 1
+            slots = range(first, upto + 1) if upto - first < len(early) \
+                else sorted(s for s in early if s <= upto)
+            for slot in slots:
+                value = early.pop(slot, None)
+                if value is not None:
+                    self.learner.learn(slot, value)
         was_lagging = self.learner.lagging()
         self.learner.hint(upto)
         if self.learner.lagging() and not was_lagging:
@@ -488,5 +496,10 @@ class Replica:
             while self._emitted < last and self._emitted + 1 in early:
                 self._emitted += 1
                 self._chosen.append(ChosenEntry(self._emitted, early[self._emitted]))
-            for slot in [s for s in early if s <= learned]:
-                del early[slot]
+            pruned = self._early_pruned
+            if learned > pruned:  # forget what the learner has delivered since
+                slots = range(pruned + 1, learned + 1) if learned - pruned < len(early) \
+                    else [s for s in early if s <= learned]
+                for slot in slots:
+                    early.pop(slot, None)
+                self._early_pruned = learned
