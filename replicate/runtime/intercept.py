@@ -327,8 +327,7 @@ class ReplicateHooks(Hooks):
                                      hint="send a Sync between other statements and a write "
                                           "to a replicated table", sqlstate="0A000")
             facts = dict(state.facts)
-            for name in ("TimeZone", "DateStyle", "IntervalStyle",
-                         "standard_conforming_strings"):
+            for name in _REPORTED:
                 if name in session.parameters:
                     facts[name] = session.parameters[name]
             return facts
