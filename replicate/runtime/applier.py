@@ -297,12 +297,6 @@ class Applier:
             await self._pq.close()
             self._pq = None
 
-    async def applied_slot(self) -> int:
-        conn = await self._connection()
-        async with conn.transaction():
-            row = await (await conn.execute("SELECT slot FROM replicate.applied")).fetchone()
-        return int(row[0]) if row else 0
-
     async def apply(self, entries: Sequence[ChosenEntry]) -> list[Outcome]:
         """Apply ``entries`` (consecutive slots, the first one right after the applied slot)."""
         try:
