@@ -80,9 +80,10 @@ _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
     f"set_config('{name}', ${i + 2}, true)" for i, name in enumerate(CANONICAL_SETTINGS))
 
 
-# The bookkeeping of a batch, in the node (sql/006_apply.sql): outcomes, request ids, the
-# state of registered tables' sequences (nextval() is not transactional, see
-# sql/003_sequences.sql) and the applied slot, in the transaction that applied the batch.
+# The bookkeeping of a batch, in the node (sql/006_apply.sql, sql/007_apply_bookkeeping.sql):
+# outcomes, request ids, the state of registered tables' sequences (nextval() is not
+# transactional, see sql/003_sequences.sql) and the applied slot, in the transaction that
+# applied the batch.
 _FINISH = "SELECT replicate.apply_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
@@ -465,6 +466,8 @@ class Applier:
                 await cur.execute(f"DROP TRIGGER IF EXISTS replicate_guard ON {table}")
                 await cur.execute("DELETE FROM replicate.registered_tables WHERE table_name = $1",
                                   [table])
+            # the sequences whose state apply_begin restores (sql/007_apply_bookkeeping.sql)
+            await cur.execute("SELECT replicate.track_sequences()")
         except psycopg.Error as exc:
             if not is_deterministic(exc.sqlstate):
                 raise
