@@ -209,8 +209,10 @@ class Analyzer:
 
     def __init__(self, catalog: Catalog, search_path: tuple[str, ...], root: str,
                  functions: Mapping[tuple[str, str], Volatility] | None = None,
-                 sequences: Mapping[TableName, TableName] | None = None) -> None:
+                 sequences: Mapping[TableName, TableName] | None = None,
+                 resolved: Mapping[str, str | None] | None = None) -> None:
         self.catalog = catalog
+        self.resolved = resolved or {}
         self.search_path = tuple(s for s in search_path if s != "$user")
         self.functions = catalog.functions if functions is None else functions
         self.sequences = catalog.sequences if sequences is None else sequences
@@ -223,6 +225,9 @@ class Analyzer:
         name = rv["relname"]
         if "schemaname" in rv:
             return TableName(rv["schemaname"], name)
+        schema = self.resolved.get(name)
+        if schema is not None:  # as the session resolved it (see classify's ``resolved``)
+            return TableName(schema, name)
         for schema in self.search_path:
             t = TableName(schema, name)
             if t in self.catalog.tables or t in self.catalog.relations or t in self.sequences:

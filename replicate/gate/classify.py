@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from pglast import parser as pg
 
@@ -89,9 +89,15 @@ def mentions_registered(sql: str, catalog: Catalog) -> bool:
 
 
 def classify(sql: str, catalog: Catalog, *, search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH,
-             now: datetime, rng: random.Random) -> list[Decision]:
+             now: datetime, rng: random.Random,
+             resolved: Mapping[str, str | None] | None = None) -> list[Decision]:
     """Decide how each statement of ``sql`` is treated. Pure: no I/O, no clock, no RNG
-    except ``now`` and ``rng``; the same inputs give the same decisions and texts."""
+    except ``now`` and ``rng``; the same inputs give the same decisions and texts.
+
+    ``resolved`` maps unqualified relation names to the schema the session resolves them
+    to (None: no relation of that name): it wins over the catalog's own search, which knows
+    only the relations that existed when the catalog was loaded, and no temporary table. It
+    holds for ``search_path`` only: after a ``SET search_path`` in ``sql`` it is dropped."""
     if now.tzinfo is None:
         raise ValueError("classify needs a timezone-aware `now`")
     if not mentions_registered(sql, catalog):
@@ -123,7 +129,9 @@ def classify(sql: str, catalog: Catalog, *, search_path: tuple[str, ...] = DEFAU
         while end > start and data[end - 1] in b" \t\r\n":
             end -= 1
         (root, body), = raw["stmt"].items()
-        ctx = _Statement(catalog, path, now, rng, data, start, end, get_tokens)
+        if resolved is not None and path != tuple(search_path):
+            resolved = None
+        ctx = _Statement(catalog, path, now, rng, data, start, end, get_tokens, resolved)
         try:
             decision = ctx.decide(root, body)
         except (KeyError, IndexError, TypeError, ValueError, AttributeError) as e:
@@ -184,9 +192,10 @@ class _Statement:
 
     def __init__(self, catalog: Catalog, path: tuple[str, ...], now: datetime,
                  rng: random.Random, data: bytes, start: int, end: int,
-                 get_tokens: Any) -> None:
+                 get_tokens: Any, resolved: Mapping[str, str | None] | None = None) -> None:
         self.catalog = catalog
         self.path = path
+        self.resolved = resolved
         self.now = now
         self.rng = rng
         self.data = data
@@ -203,7 +212,7 @@ class _Statement:
         return any(s in exact for s in _all_strings(body))
 
     def analyse(self, root: str, body: dict) -> Analysis:
-        an = Analyzer(self.catalog, self.path, root)
+        an = Analyzer(self.catalog, self.path, root, resolved=self.resolved)
         an.walk({root: body}, frozenset(), False)
         return an.a
 
@@ -249,6 +258,13 @@ class _Statement:
                 return self.refuse("dynamic-sql",
                                    "CALL with a registered table's name: the procedure's "
                                    "statements cannot be checked by the gate")
+            return Relay(self.start, self.end)
+        if root == "CreateStmt" and body["relation"].get("relpersistence") == "t" \
+                and "schemaname" not in body["relation"] \
+                and not self.names_registered({k: v for k, v in body.items() if k != "relation"}):
+            # A temporary table of a registered table's name: local to the session, where it
+            # hides the registered table as PostgreSQL resolves names (the proxy asks the
+            # session how its names resolve before it classifies a statement).
             return Relay(self.start, self.end)
         if self.names_registered(body):
             ddl = root.startswith(("Create", "Alter", "Drop", "Grant", "Comment", "Index",

@@ -56,7 +56,7 @@ import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
 import psycopg
 import pglast
@@ -79,15 +79,36 @@ FACTS_MAX_AGE = 1.0  # seconds a session's facts are reused (see the module docs
 _REPORTED = ("TimeZone", "DateStyle", "IntervalStyle", "standard_conforming_strings")
 # One round trip: what the gate and the log entry need from the client's session, as one
 # JSON array in one column (one field to describe and decode instead of ten; the schemas
-# as a JSON array, so a schema name with a comma in it stays one name).
-SESSION_SQL = (
+# as a JSON array, so a schema name with a comma in it stays one name). The last element
+# maps the name of each registered table to the schema that name resolves to in this
+# session (``to_regclass``: temporary tables first, then the search_path, as PostgreSQL
+# resolves it), so that a table of the same name earlier on the path, which the proxy's
+# catalog may not know (created since it was loaded, or the session's own temporary table),
+# hides the registered one from the gate as it does from PostgreSQL.
+_SESSION_SQL = (
     "SELECT json_build_array(current_user, current_schemas(false), "
     "current_setting('search_path'), current_setting('TimeZone'), current_setting('DateStyle'), "
     "current_setting('IntervalStyle'), current_setting('extra_float_digits'), "
     "current_setting('bytea_output'), current_setting('standard_conforming_strings'), "
-    f"current_setting('{SETTING}', true))::text")
+    f"current_setting('{SETTING}', true), {{resolved}})::text")
+# The names go as hex (no quoting or standard_conforming_strings to get wrong).
+_RESOLVED_SQL = (
+    "(SELECT json_object_agg(r.name, n.nspname) FROM unnest(ARRAY[{names}]::text[]) AS r(name) "
+    "LEFT JOIN pg_class c ON c.oid = to_regclass(quote_ident(r.name)) "
+    "LEFT JOIN pg_namespace n ON n.oid = c.relnamespace)")
 _FACT_KEYS = ("role", "schemas", "search_path", "TimeZone", "DateStyle", "IntervalStyle",
-              "extra_float_digits", "bytea_output", "standard_conforming_strings", SETTING)
+              "extra_float_digits", "bytea_output", "standard_conforming_strings", SETTING,
+              "resolved")
+
+
+def session_sql(table_names: Iterable[str] = ()) -> str:
+    """The facts query, resolving the (unqualified) ``table_names`` in the session."""
+    names = sorted(set(table_names))
+    if not names:
+        return _SESSION_SQL.format(resolved="NULL")
+    hexed = ", ".join(f"convert_from(decode('{n.encode().hex()}', 'hex'), 'UTF8')"
+                      for n in names)
+    return _SESSION_SQL.format(resolved=_RESOLVED_SQL.format(names=hexed))
 
 
 class CatalogCache:
@@ -138,6 +159,7 @@ class _SessionState:
     failed: bool = False          # an error was sent in this extended batch: skip until Sync
     mid_batch: bool = False       # extended-protocol messages came before the one handled now
     facts: dict | None = None     # the session facts last read from the node
+    facts_catalog: Any = None     # the catalog whose table names they resolved
     facts_executions: int = -1    # session.executions when they were read (-1: stale)
     facts_at: float = 0.0         # when they were read (event loop time)
     pure_read: bool = False       # the Query being forwarded holds only pure reads
@@ -331,9 +353,11 @@ class ReplicateHooks(Hooks):
                 if name in session.parameters:
                     facts[name] = session.parameters[name]
             return facts
-        if self._facts_current(session, state):
+        catalog = self.catalogs.catalog if self.catalogs is not None else None
+        if self._facts_current(session, state) and state.facts_catalog is catalog:
             return state.facts
-        replies = await session.exchange(m.Query(SESSION_SQL))
+        names = [t.name for t in catalog.tables] if catalog is not None else []
+        replies = await session.exchange(m.Query(session_sql(names)))
         rows = [r for r in replies if type(r) is m.DataRow]
         if not rows:
             err = next((r for r in replies if type(r) is m.ErrorResponse), None)
@@ -342,7 +366,9 @@ class ReplicateHooks(Hooks):
         values = json.loads(rows[0].values[0].decode(session.encoding))
         facts = dict(zip(_FACT_KEYS, values))
         facts["schemas"] = tuple(facts["schemas"] or ())
+        facts["resolved"] = facts.get("resolved") or {}
         state.facts = facts
+        state.facts_catalog = catalog
         state.facts_executions = session.executions
         state.facts_at = asyncio.get_running_loop().time()
         return facts
@@ -365,7 +391,8 @@ class ReplicateHooks(Hooks):
         facts = await self._session(session)
         schemas = facts["schemas"]
         decisions = classify(sql, catalog, search_path=schemas or ("public",),
-                             now=dt.datetime.now(dt.timezone.utc), rng=self._rng)
+                             now=dt.datetime.now(dt.timezone.utc), rng=self._rng,
+                             resolved=facts.get("resolved"))
         return decisions, facts, catalog
 
     def _entry(self, text: str, facts: dict, params: tuple[Param, ...] = (),

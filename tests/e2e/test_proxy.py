@@ -284,6 +284,47 @@ def test_search_path_with_a_comma_in_a_schema_name(proxied) -> None:
     assert 900 not in {r[0] for r in rows_everywhere(proxied)}
 
 
+@pytest.mark.parametrize("prepared", [False, True], ids=["simple", "prepared"])
+def test_a_temporary_table_hides_the_registered_one(proxied, prepared: bool) -> None:
+    # PostgreSQL resolves an unqualified name to the session's temporary table first. The
+    # proxy's catalog cannot know it: the session's own resolution decides, so the write
+    # stays in the temporary table and nothing reaches the log or the other nodes.
+    rid = 910 + int(prepared)
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+        conn.execute("CREATE TEMP TABLE accounts (id int PRIMARY KEY, owner text, balance int)")
+        conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'temp', 1)",
+                     [rid], prepare=prepared)
+        assert conn.execute("SELECT owner FROM accounts WHERE id = %s", [rid],
+                            prepare=prepared).fetchone() == ("temp",)
+        assert conn.execute("SELECT count(*) FROM public.accounts WHERE id = %s",
+                            [rid]).fetchone() == (0,)
+    assert rid not in {r[0] for r in rows_everywhere(proxied)}
+
+
+def test_a_table_created_after_the_catalog_hides_the_registered_one(proxied) -> None:
+    # A schema earlier on the search_path gets an accounts table after the proxy loaded its
+    # catalog (no registration since, so no reload): PostgreSQL writes into it, and so does
+    # the proxy, on this node only, instead of replicating into public.accounts.
+    for node in proxied.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE SCHEMA late")
+            conn.execute("CREATE TABLE late.accounts (id int PRIMARY KEY, owner text, balance int)")
+    try:
+        with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+            conn.execute("SET search_path = late, public")
+            conn.execute("INSERT INTO accounts (id, owner, balance) VALUES (920, 'late', 1)")
+        with psycopg.connect(proxied.nodes[0].dsn) as conn:
+            assert conn.execute("SELECT owner FROM late.accounts").fetchall() == [("late",)]
+        for node in proxied.nodes[1:]:
+            with psycopg.connect(node.dsn) as conn:
+                assert conn.execute("SELECT count(*) FROM late.accounts").fetchone() == (0,)
+        assert 920 not in {r[0] for r in rows_everywhere(proxied)}
+    finally:
+        for node in proxied.nodes:
+            with psycopg.connect(node.dsn, autocommit=True) as conn:
+                conn.execute("DROP SCHEMA late CASCADE")
+
+
 def test_set_role_between_executions_of_a_prepared_write(proxied) -> None:
     # The role (and the other session facts) of a prepared write are the session's at its
     # Bind, not the ones read when it was prepared: as PostgreSQL, the second INSERT runs

@@ -226,3 +226,35 @@ def test_any_text_gets_decisions_covering_valid_offsets(sql: str) -> None:
 def test_a_read_is_pure_only_if_it_cannot_change_the_session(sql: str, pure: bool) -> None:
     (decision,) = classify(sql, CATALOG, now=NOW, rng=random.Random(1))
     assert isinstance(decision, Read) and decision.pure is pure
+
+
+def _one(sql: str, path=("public",), resolved=None):
+    (decision,) = classify(sql, CATALOG, search_path=path, now=NOW, rng=random.Random(1),
+                           resolved=resolved)
+    return decision
+
+
+def test_the_sessions_own_resolution_of_a_name_wins_over_the_catalog() -> None:
+    """A relation the catalog does not know (a temporary table, or one created since it was
+    loaded) hides a registered table when the session resolves the name to it."""
+    write = "INSERT INTO accounts (id, owner, balance) VALUES (1, 'a', 1)"
+    assert isinstance(_one(write), Replicate)
+    assert isinstance(_one(write, resolved={"accounts": "public"}), Replicate)
+    assert isinstance(_one(write, resolved={"accounts": "pg_temp_3"}), Relay)
+    assert isinstance(_one("SELECT * FROM accounts", resolved={"accounts": "late"}), Relay)
+    # a qualified name means what it says; an unresolved name falls back to the catalog
+    assert isinstance(_one("INSERT INTO public.accounts (id, owner, balance) VALUES (1, 'a', 1)",
+                           resolved={"accounts": "late"}), Replicate)
+    assert isinstance(_one(write, resolved={"accounts": None}), Replicate)
+    # after a SET search_path in the same string the session's answer no longer holds
+    decisions = classify("SET search_path = public, app; " + write, CATALOG, now=NOW,
+                         rng=random.Random(1), resolved={"accounts": "late"})
+    assert isinstance(decisions[1], Replicate)
+
+
+def test_a_temporary_table_may_take_a_registered_tables_name() -> None:
+    assert isinstance(_one("CREATE TEMP TABLE accounts (id int)"), Relay)
+    # but not one that copies or references the registered table, nor a permanent one
+    assert isinstance(_one("CREATE TEMP TABLE accounts (LIKE accounts)"), Refuse)
+    assert isinstance(_one("CREATE TEMP TABLE t (id int REFERENCES accounts)"), Refuse)
+    assert isinstance(_one("CREATE TABLE accounts (id int)"), Refuse)

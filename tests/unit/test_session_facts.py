@@ -8,7 +8,7 @@ import json
 from replicate.gate import Read
 from replicate.pgwire import messages as m
 from replicate.runtime import intercept
-from replicate.runtime.intercept import SESSION_SQL, ReplicateHooks, _Statement
+from replicate.runtime.intercept import ReplicateHooks, _Statement, session_sql
 from replicate.runtime.relay import Action
 
 
@@ -28,10 +28,10 @@ class FakeSession:
         self.transaction_status = "I"
 
     async def exchange(self, message) -> list:
-        assert message == m.Query(SESSION_SQL)
+        assert message == m.Query(session_sql())
         self.facts_queries += 1
         facts = [self.role, ["public"], '"$user", public', self.parameters["TimeZone"],
-                 "ISO, MDY", "postgres", "1", "hex", "on", None]
+                 "ISO, MDY", "postgres", "1", "hex", "on", None, None]
         return [m.DataRow((json.dumps(facts).encode(),)), m.ReadyForQuery("I")]
 
 
