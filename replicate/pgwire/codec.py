@@ -572,6 +572,17 @@ class _Decoder:
             self._pos = 0
         return chunk
 
+    def peek_typed_frames(self, n: int) -> list[bytes]:
+        """The whole bytes of up to ``n`` complete typed messages buffered next, not consumed."""
+        buf, pos, out = self._buf, self._pos, []
+        while len(out) < n and len(buf) - pos >= 5:
+            length = _I32.unpack_from(buf, pos + 1)[0]
+            if length < 4 or length > self.max_length or len(buf) - pos < length + 1:
+                break  # next_typed_frame reports a bad length when it gets there
+            out.append(bytes(buf[pos:pos + length + 1]))
+            pos += length + 1
+        return out
+
     def next_typed_frame(self) -> tuple[bytes, bytes] | None:
         """(type byte, whole message bytes) of the next typed message, or None."""
         buf, pos = self._buf, self._pos

@@ -45,7 +45,11 @@ forwarded too (the node prepares the statement but never executes it, so
 ParameterDescription and RowDescription are the node's own); the Execute is
 answered by the hook after everything before it was answered (``settle``).
 After an error the hook swallows messages until Sync, and at the Sync fails
-the node's implicit or explicit transaction the way PostgreSQL would.
+the node's implicit or explicit transaction the way PostgreSQL would. A
+prepared write executed again in the usual shape (Bind, Describe, Execute,
+Sync of the unnamed portal, nothing run in the session since the node last
+accepted a Bind of it) is answered without the node at all
+(``ReplicateHooks._prepared_write``).
 """
 
 from __future__ import annotations
@@ -149,6 +153,10 @@ class _Statement:
     param_types: tuple[int, ...]
     decision: Any = None          # a gate decision, or None for "forward untouched"
     special: str | None = None    # "set" / "show" of replicate.read_consistency
+    # session.executions when the node last accepted a Bind of it (-1: never): while nothing
+    # ran in the session since, the statement still exists there (no DEALLOCATE can have run)
+    confirmed: int = -1
+    no_data: bool = False         # an execution returned no columns (no RETURNING)
 
 
 @dataclass(slots=True)
@@ -168,6 +176,21 @@ class _SessionState:
 def _sql_error(sqlstate: str, message: str, hint: str | None = None,
                detail: str | None = None) -> m.ErrorResponse:
     return codec.error_response("ERROR", sqlstate, message, detail=detail, hint=hint)
+
+
+# Execute of the unnamed portal, all rows; then Sync: what follows a prepared write's Bind
+# when the proxy may answer all three itself (ReplicateHooks._prepared_write).
+_EXECUTE_AND_SYNC = [codec.encode(m.Execute("", 0)), codec.encode(m.Sync())]
+_DESCRIBE_EXECUTE_AND_SYNC = [codec.encode(m.Describe("P", "")), *_EXECUTE_AND_SYNC]
+_BIND_COMPLETE = codec.encode(m.BindComplete())
+_NO_DATA = codec.encode(m.NoData())
+
+
+def _params(stmt: _Statement, bind: m.Bind) -> tuple[Param, ...]:
+    """The bind parameters of ``bind`` as the client sent them, with the types it declared."""
+    return tuple(Param(value, stmt.param_types[i] if i < len(stmt.param_types) else 0,
+                       bool(bind.param_format(i)))
+                 for i, value in enumerate(bind.params))
 
 
 def _result_binary(formats: tuple[int, ...]) -> bool | None:
@@ -291,6 +314,15 @@ class ReplicateHooks(Hooks):
             if stmt is None:
                 state.portals.pop(message.portal, None)
                 return Action.FORWARD
+            if type(stmt.decision) is Replicate and stmt.confirmed == session.executions \
+                    and not message.portal and not session.in_batch \
+                    and session.transaction_status == "I" and self._facts_current(session, state) \
+                    and _result_binary(message.result_formats) is not None:
+                rest = session.peek_frames(3)
+                if rest[:2] == _EXECUTE_AND_SYNC or (rest == _DESCRIBE_EXECUTE_AND_SYNC
+                                                     and stmt.no_data):
+                    state.portals.pop("", None)
+                    return self._prepared_write(session, stmt, message, len(rest) == 3)
             state.portals[message.portal] = (stmt, message)
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
@@ -540,6 +572,7 @@ class ReplicateHooks(Hooks):
             return Action.FORWARD
         if await session.settle():
             return Action.HANDLED  # an earlier message failed: PostgreSQL skips this one
+        stmt.confirmed = session.executions  # the node bound it: it exists there
         if session.transaction_status == "T":
             return await self._fail_batch(session, _sql_error(
                 "0A000", "writes to replicated tables inside a transaction block "
@@ -550,10 +583,7 @@ class ReplicateHooks(Hooks):
             return await self._fail_batch(session, _sql_error(
                 "0A000", "mixed text and binary result formats are not supported for writes "
                 "to replicated tables"), settled=True)
-        params = tuple(
-            Param(value, stmt.param_types[i] if i < len(stmt.param_types) else 0,
-                  bool(bind.param_format(i)))
-            for i, value in enumerate(bind.params))
+        params = _params(stmt, bind)
         try:
             facts = await self._session(session)
         except ReplicateError as exc:
@@ -565,7 +595,35 @@ class ReplicateHooks(Hooks):
                                                                  describe=False)))
             self._state(session).failed = True
             return Action.HANDLED
+        if not result.columns:
+            stmt.no_data = True
         session.write_client(b"".join(self._outcome_messages(session, result, describe=False)))
+        return Action.HANDLED
+
+    async def _prepared_write(self, session: Session, stmt: _Statement, bind: m.Bind,
+                              describe: bool) -> Action:
+        """Bind, (Describe,) Execute and Sync of a prepared write, answered without the node.
+
+        The common shape of a prepared write (libpq's PQsendQueryPrepared, so psycopg's and
+        pgbench's: the unnamed portal, all rows, a Sync of its own, outside a transaction
+        block) needs nothing from the client's own session: the write runs in the log, the
+        session's facts are current, and the node accepted a Bind of this statement with
+        nothing run in the session since. Forwarding the Bind (to see it accepted) and the Sync
+        (for its ReadyForQuery) cost two round trips to the node per write, so the proxy
+        answers them itself: BindComplete, NoData for a Describe (taken only for a statement
+        seen to return no columns), the outcome, ReadyForQuery. A bad parameter value then
+        fails in the apply, the same on every node, and the client gets that error after
+        BindComplete instead of in its place.
+        """
+        session.skip_frames(3 if describe else 2)  # peeked at the Bind
+        state = self._state(session)
+        binary = _result_binary(bind.result_formats)
+        entry = self._entry(stmt.decision.text, state.facts, _params(stmt, bind), bool(binary))
+        result = await self._submit(session, entry)
+        enc = session.encoding
+        session.write_client(b"".join([_BIND_COMPLETE, _NO_DATA if describe else b"",
+                                       *self._outcome_messages(session, result, describe=False),
+                                       codec.encode(codec.ready_for_query("I"), enc)]))
         return Action.HANDLED
 
     async def _bind_write(self, session: Session) -> Action:

@@ -74,6 +74,9 @@ are forwarded like with ``hooks=None``, undecoded, in the same batch.
   a hook's own reply is not written before replies still in flight;
 - ``write_client(data)`` / ``write_backend(data)`` (bytes or a message) and
   ``await drain()`` (waits while either send buffer is full);
+- ``peek_frames(n)`` / ``skip_frames(n)``: the raw client messages buffered after the one
+  being handled, and dropping them so that the hook answers them (a prepared write's Execute
+  and Sync, see ``replicate.runtime.intercept``);
 - ``await exchange(data) -> list[BackendMessage]``: wait until idle, send
   ``data`` (one request ending in a Query or a Sync) to the node on the
   session's own connection, and return the node's replies up to and including
@@ -405,6 +408,25 @@ class Session:
         else:
             self._flush_out()
         return self._batch_error
+
+    def peek_frames(self, n: int) -> list[bytes]:
+        """The whole bytes of up to ``n`` client messages that follow the one being handled,
+        as far as they have arrived; they stay where they are."""
+        return self._decoder.peek_typed_frames(n)
+
+    def skip_frames(self, n: int) -> None:
+        """Drop the next ``n`` client messages (peeked first), which the running hook answers
+        itself, as if the hooks had handled them one by one. Call it from the hook's
+        awaitable, before it first waits (the relay has finished with the current message)."""
+        for _ in range(n):
+            frame = self._decoder.next_typed_frame()
+            if frame is None:
+                raise ProtocolError("skip_frames: fewer messages buffered than peeked")
+            code = frame[1][0]
+            if code in _BATCH_TYPES:
+                self.in_batch = True
+            elif code == _SYNC:
+                self.in_batch = False
 
     async def exchange(self, data: bytes | Any) -> list[Any]:
         """Send ``data`` to the node and return its replies up to ReadyForQuery, not relayed."""

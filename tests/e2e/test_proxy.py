@@ -401,6 +401,51 @@ def test_a_write_after_other_statements_in_one_batch_is_seen_inside_the_batch(pr
     assert 660 not in ids and 661 in ids
 
 
+def _backend_state_change(cluster, node: str, pid: int):
+    with psycopg.connect(cluster.node(node).dsn, autocommit=True) as conn:
+        return conn.execute("SELECT state_change FROM pg_stat_activity WHERE pid = %s",
+                            [pid]).fetchone()[0]
+
+
+def test_a_prepared_write_again_is_answered_without_the_node(proxied) -> None:
+    # Bind, (Describe,) Execute, Sync of a prepared write the node accepted before, with
+    # nothing run in the session since: the proxy answers all of it; the client's backend
+    # sees none of it. Errors still come back in their place, and anything that ran in the
+    # session (a DEALLOCATE here) sends the next Bind to the node again.
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES ($1, 'fast', 0)"
+    with socket.create_connection(proxied.proxy_address("n2"), timeout=30) as sock:
+        replies = _raw_exchange(sock, m.StartupMessage({"user": "postgres",
+                                                        "database": "postgres"}))
+        pid = next(r.pid for r in replies if isinstance(r, m.BackendKeyData))
+        assert isinstance(_raw_exchange(sock, m.Parse("ins", insert, (23,)), m.Sync())[-1],
+                          m.ReadyForQuery)
+
+        def write(value: bytes, describe: bool = True) -> list:
+            return _raw_exchange(sock, m.Bind("", "ins", (0,), (value,), ()),
+                                 *([m.Describe("P", "")] if describe else []),
+                                 m.Execute("", 0), m.Sync())
+
+        shape = [m.BindComplete, m.NoData, m.CommandComplete, m.ReadyForQuery]
+        assert [type(r) for r in write(b"730")] == shape  # through the node: confirms "ins"
+        before = _backend_state_change(proxied, "n2", pid)
+        assert [type(r) for r in write(b"731")] == shape
+        assert [type(r) for r in write(b"732", describe=False)] == shape[:1] + shape[2:]
+        duplicate = write(b"731")
+        assert [type(r) for r in duplicate] == [m.BindComplete, m.NoData, m.ErrorResponse,
+                                                m.ReadyForQuery]
+        assert duplicate[2].fields["C"] == "23505" and duplicate[-1] == m.ReadyForQuery("I")
+        bad = write(b"seven")  # fails in the apply, the same on every node
+        assert bad[-2].fields["C"] == "22P02" and bad[-1] == m.ReadyForQuery("I")
+        assert _backend_state_change(proxied, "n2", pid) == before  # none of it reached it
+        _raw_exchange(sock, m.Query("DEALLOCATE ins"))
+        gone = write(b"733")
+        assert [type(r) for r in gone] == [m.ErrorResponse, m.ReadyForQuery]
+        assert gone[0].fields["C"] == "26000"  # PostgreSQL's own answer: no such statement
+        sock.sendall(codec.encode(m.Terminate()))
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert {730, 731, 732} <= ids and 733 not in ids
+
+
 def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:
     import json
     import sys

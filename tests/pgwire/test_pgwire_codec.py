@@ -452,3 +452,15 @@ def test_hot_path_parsers_agree_with_the_careful_ones(code, data) -> None:
     assert fast == careful
     if fast is not ProtocolError:
         assert codec.encode(fast)[5:] == body
+
+
+def test_peek_typed_frames_returns_whole_messages_without_consuming() -> None:
+    dec = codec.FrontendDecoder()
+    dec.in_startup = False
+    execute, sync = codec.encode(m.Execute("", 0)), codec.encode(m.Sync())
+    dec.feed(execute + sync[:3])
+    assert dec.peek_typed_frames(2) == [execute]      # the Sync is not whole yet
+    dec.feed(sync[3:])
+    assert dec.peek_typed_frames(5) == [execute, sync]
+    assert dec.next_typed_frame() == (b"E", execute)  # nothing was consumed
+    assert dec.peek_typed_frames(1) == [sync]
