@@ -89,6 +89,12 @@ class EngineSettings:
     retry_interval_s: float = 2.0
     apply_timeout_ms: int = 5000
     apply_batch: int = 256
+    # How long a replica may hold chosen slots that nobody on this proxy waits for (no write
+    # taken here, no read waiting for them), to apply more of them in one transaction: every
+    # node applies every write, and on a busy machine a transaction per batch on every node
+    # costs more than the batch's statements (docs/decisions.md, "Applying in fewer
+    # transactions"). 0 applies at once.
+    apply_linger_s: float = 0.01
     request_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
     # Read confirmations (Commit) on a second connection per acceptor, so that they do not wait
@@ -136,6 +142,7 @@ class Engine:
         self._hard_conn: psycopg.AsyncConnection | None = None
         self._to_apply: list = []
         self._apply_wakeup = asyncio.Event()
+        self._apply_wanted = 0  # wait_applied calls waiting: apply without lingering
         self._waiters: dict[str, asyncio.Future] = {}
         self.applied_upto = 0
         self._applied_changed = asyncio.Condition()
@@ -334,6 +341,9 @@ class Engine:
             if not self._to_apply:
                 self._apply_wakeup.clear()
                 await self._apply_wakeup.wait()
+                continue
+            if self.settings.apply_linger_s > 0 and not self._apply_urgent():
+                await self._linger(self.settings.apply_linger_s)
             batch = self._to_apply[:self.settings.apply_batch]
             try:
                 outcomes = await self.applier.apply(batch)
@@ -362,6 +372,25 @@ class Engine:
             async with self._applied_changed:
                 self.applied_upto = batch[-1].slot
                 self._applied_changed.notify_all()
+
+    def _apply_urgent(self) -> bool:
+        """Someone on this proxy waits for a slot in the apply queue (or for any slot)."""
+        if self._apply_wanted or len(self._to_apply) >= self.settings.apply_batch:
+            return True
+        waiters = self._waiters
+        return bool(waiters) and any(c.value.request_id in waiters for c in self._to_apply)
+
+    async def _linger(self, seconds: float) -> None:
+        """Up to ``seconds`` for more chosen slots, until one of them becomes urgent."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        timer = loop.call_at(deadline, self._apply_wakeup.set)
+        try:
+            while not self._apply_urgent() and loop.time() < deadline:
+                self._apply_wakeup.clear()
+                await self._apply_wakeup.wait()
+        finally:
+            timer.cancel()
 
     async def _close_gap(self, node_applied: int, first: int) -> bool:
         """Make the apply queue start right after the node's applied slot again.
@@ -403,8 +432,15 @@ class Engine:
         async def wait() -> None:
             async with self._applied_changed:
                 await self._applied_changed.wait_for(lambda: self.applied_upto >= slot)
-        await asyncio.wait_for(wait(), timeout if timeout is not None
-                               else self.settings.submit_timeout_s)
+        if self.applied_upto >= slot:
+            return
+        self._apply_wanted += 1
+        self._apply_wakeup.set()  # stop lingering
+        try:
+            await asyncio.wait_for(wait(), timeout if timeout is not None
+                                   else self.settings.submit_timeout_s)
+        finally:
+            self._apply_wanted -= 1
 
     # ------------------------------------------------------------------ submitting
     def new_request_id(self) -> str:

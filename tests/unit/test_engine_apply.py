@@ -1,0 +1,92 @@
+"""The engine's apply loop without PostgreSQL: when chosen slots are applied, and in how many
+transactions. A replica may hold slots nobody on its proxy waits for (``apply_linger_s``) so
+that they go to the node together; a write taken on this proxy, or a read waiting for a slot,
+ends the wait at once. The lingers here are long (minutes) so that nothing depends on timing:
+whatever is applied was applied because it was urgent."""
+
+from __future__ import annotations
+
+import asyncio
+
+from replicate.command import Outcome, Status
+from replicate.config import ClusterConfig, NodeConfig
+from replicate.paxos.messages import ChosenEntry, Value
+from replicate.runtime.engine import Engine, EngineSettings
+
+
+class FakeApplier:
+    """Records the batches it is given; every entry succeeds."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+
+    async def apply(self, entries):
+        self.batches.append([e.slot for e in entries])
+        return [Outcome(e.slot, e.value.request_id, Status.OK, "INSERT 0 1", 1)
+                for e in entries]
+
+
+def engine(linger: float) -> tuple[Engine, FakeApplier]:
+    config = ClusterConfig(nodes=tuple(
+        NodeConfig(f"n{i}", f"host=127.0.0.1 port=9 dbname=x{i}", f"127.0.0.1:{i}")
+        for i in (1, 2, 3)))
+    eng = Engine(config, "n2", EngineSettings(apply_linger_s=linger))
+    eng.applier = FakeApplier()
+    return eng, eng.applier
+
+
+def chosen(eng: Engine, *slots: int) -> None:
+    """What the engine does when the core hands it chosen slots."""
+    eng._to_apply.extend(ChosenEntry(s, Value(f"other.{s}", b"x")) for s in slots)
+    eng._apply_wakeup.set()
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+def test_slots_nobody_waits_for_are_held_and_applied_together() -> None:
+    async def run() -> None:
+        eng, applier = engine(linger=600)
+        task = asyncio.ensure_future(eng._apply_loop())
+        chosen(eng, 1)
+        await settle()
+        chosen(eng, 2, 3)
+        await settle()
+        assert applier.batches == []          # held: nobody here waits for them
+        reader = asyncio.ensure_future(eng.wait_applied(2))
+        await settle()
+        assert applier.batches == [[1, 2, 3]]  # a read waits: everything held goes at once
+        assert reader.done() and eng.applied_upto == 3
+        task.cancel()
+    asyncio.run(run())
+
+
+def test_a_write_taken_here_is_applied_at_once() -> None:
+    async def run() -> None:
+        eng, applier = engine(linger=600)
+        task = asyncio.ensure_future(eng._apply_loop())
+        chosen(eng, 1)
+        await settle()
+        waiter = eng._waiters["n2.local.7"] = asyncio.get_running_loop().create_future()
+        eng._to_apply.append(ChosenEntry(2, Value("n2.local.7", b"x")))
+        eng._apply_wakeup.set()
+        await settle()
+        assert applier.batches == [[1, 2]]
+        assert waiter.done() and waiter.result().slot == 2
+        task.cancel()
+    asyncio.run(run())
+
+
+def test_without_linger_every_wakeup_applies() -> None:
+    async def run() -> None:
+        eng, applier = engine(linger=0)
+        task = asyncio.ensure_future(eng._apply_loop())
+        chosen(eng, 1)
+        await settle()
+        chosen(eng, 2)
+        await settle()
+        assert applier.batches == [[1], [2]]
+        task.cancel()
+    asyncio.run(run())
