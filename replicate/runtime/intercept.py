@@ -319,10 +319,10 @@ class ReplicateHooks(Hooks):
                     and session.transaction_status == "I" and self._facts_current(session, state) \
                     and _result_binary(message.result_formats) is not None:
                 rest = session.peek_frames(3)
-                if rest[:2] == _EXECUTE_AND_SYNC or (rest == _DESCRIBE_EXECUTE_AND_SYNC
-                                                     and stmt.no_data):
+                describe = rest == _DESCRIBE_EXECUTE_AND_SYNC
+                if (describe and stmt.no_data) or rest[:2] == _EXECUTE_AND_SYNC:
                     state.portals.pop("", None)
-                    return self._prepared_write(session, stmt, message, len(rest) == 3)
+                    return self._prepared_write(session, stmt, message, describe)
             state.portals[message.portal] = (stmt, message)
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute

@@ -347,8 +347,9 @@ def test_set_role_between_executions_of_a_prepared_write(proxied) -> None:
     assert {710, 712} <= ids and 711 not in ids
 
 
-def _raw_exchange(sock: socket.socket, *messages) -> list:
-    """Send ``messages`` as one write; the node's replies up to and including ReadyForQuery."""
+def _raw_exchange(sock: socket.socket, *messages, ready: int = 1) -> list:
+    """Send ``messages`` as one write; the replies up to and including the ``ready``-th
+    ReadyForQuery."""
     sock.sendall(b"".join(codec.encode(msg) for msg in messages))
     decoder, replies = codec.BackendDecoder(), []
     while True:
@@ -360,7 +361,9 @@ def _raw_exchange(sock: socket.socket, *messages) -> list:
             continue
         replies.append(msg)
         if isinstance(msg, m.ReadyForQuery):
-            return replies
+            ready -= 1
+            if not ready:
+                return replies
 
 
 def test_a_write_after_other_statements_in_one_batch_is_seen_inside_the_batch(proxied) -> None:
@@ -430,6 +433,12 @@ def test_a_prepared_write_again_is_answered_without_the_node(proxied) -> None:
         before = _backend_state_change(proxied, "n2", pid)
         assert [type(r) for r in write(b"731")] == shape
         assert [type(r) for r in write(b"732", describe=False)] == shape[:1] + shape[2:]
+        # two writes in one send, each with its Sync (a pipelining client)
+        both = _raw_exchange(sock, m.Bind("", "ins", (0,), (b"734",), ()), m.Execute("", 0),
+                             m.Sync(), m.Bind("", "ins", (0,), (b"735",), ()),
+                             m.Execute("", 0), m.Sync(), ready=2)
+        assert [type(r) for r in both] == [m.BindComplete, m.CommandComplete,
+                                           m.ReadyForQuery] * 2
         duplicate = write(b"731")
         assert [type(r) for r in duplicate] == [m.BindComplete, m.NoData, m.ErrorResponse,
                                                 m.ReadyForQuery]
@@ -443,7 +452,7 @@ def test_a_prepared_write_again_is_answered_without_the_node(proxied) -> None:
         assert gone[0].fields["C"] == "26000"  # PostgreSQL's own answer: no such statement
         sock.sendall(codec.encode(m.Terminate()))
     ids = {r[0] for r in rows_everywhere(proxied)}
-    assert {730, 731, 732} <= ids and 733 not in ids
+    assert {730, 731, 732, 734, 735} <= ids and 733 not in ids
 
 
 def test_explain_reads_registered_tables_from_the_cluster(proxied) -> None:
