@@ -4,11 +4,11 @@
 -- (docs/decisions.md, "Apply bookkeeping"): apply_finish took ~0.40 ms and apply_begin ~0.17 ms
 -- per batch, more than the batch's own statement. Two causes:
 --
--- * apply_begin set plan_cache_mode = force_custom_plan before its own queries, and it stayed
---   set through apply_finish: every statement of both functions was planned again on every
---   call. The batch's statements need custom plans (sql/006_apply.sql); our bookkeeping does
---   not. apply_begin now sets it last, and apply_finish sets 'auto' (for the rest of the
---   transaction, which is only apply_finish and COMMIT) before it runs anything.
+-- * apply_begin set plan_cache_mode = force_custom_plan, and it stayed set through
+--   apply_finish: every statement of both functions (and of the batch) was planned again on
+--   every call. It is no longer set: the applier keys each prepared statement by the entry's
+--   role and settings (runtime/applier.py, _parse_context), so a cached plan, generic or not,
+--   only ever runs under the settings it was made with.
 -- * apply_finish searched the catalog (pg_depend, pg_class, pg_sequences) for the sequences of
 --   registered tables on every batch, then deleted and re-inserted every row of
 --   replicate.sequence_state. The set of those sequences changes only when a table is
@@ -47,14 +47,11 @@ BEGIN
     END IF;
     -- The guard trigger lets the batch through; the durable log replays what a crash loses;
     -- a lock held on this node past the apply timeout stalls it (a local cause), and a
-    -- statement may run longer than that before it counts as stuck. Every execution of the
-    -- batch's statements is planned under the entry's own settings (sql/006_apply.sql); set
-    -- last, so that the queries above keep their cached plans.
+    -- statement may run longer than that before it counts as stuck.
     PERFORM set_config('replicate.applying', 'on', true),
             set_config('synchronous_commit', 'off', true),
             set_config('lock_timeout', p_apply_timeout_ms::text, true),
-            set_config('statement_timeout', (4 * p_apply_timeout_ms)::text, true),
-            set_config('plan_cache_mode', 'force_custom_plan', true);
+            set_config('statement_timeout', (4 * p_apply_timeout_ms)::text, true);
 END
 $fn$;
 
@@ -90,7 +87,6 @@ RETURNS void
 LANGUAGE plpgsql
 AS $fn$
 BEGIN
-    PERFORM set_config('plan_cache_mode', 'auto', true);  -- the statements ran: plan ours once
     INSERT INTO replicate.outcomes (slot, request_id, status, command_tag, rows_affected,
                                     sqlstate, message, detail, hint, result)
     SELECT * FROM unnest(p_slots, p_request_ids, p_statuses, p_command_tags, p_rows,

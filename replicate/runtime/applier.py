@@ -186,9 +186,14 @@ def _prelude_params(entry: Entry) -> list[str]:
 
 
 def _parse_context(entry: Entry) -> tuple:
-    """The entry's settings that change how its text is lexed (see ``Query.parse_context``)."""
-    return (dict(entry.settings).get("standard_conforming_strings",
-                                     CANONICAL_SETTINGS["standard_conforming_strings"]),)
+    """What decides how the server parses, analyses and plans the entry's text: part of the
+    key of its prepared statement (``Query.parse_context``). PostgreSQL keeps a prepared
+    statement's parse (standard_conforming_strings lexes the text; DateStyle, TimeZone and
+    IntervalStyle coerce typed literals; search_path, with ``$user`` the role, resolves names)
+    and may keep a generic plan (expressions folded under bytea_output, extra_float_digits
+    ...). Keyed by the role and every setting the entry carries, a prepared statement only
+    ever runs under the settings it was parsed and planned with, as on every other node."""
+    return (entry.role, entry.settings)
 
 
 def _decode(entries: Sequence[ChosenEntry]) -> list[Entry | None] | None:
@@ -283,9 +288,11 @@ class Applier:
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
+            # prepare_threshold=None: psycopg would prepare a text after five executions and
+            # keep its parse under whatever settings came first (see _parse_context)
             conn = await psycopg.AsyncConnection.connect(
                 self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)),
-                application_name="replicate applier")
+                application_name="replicate applier", prepare_threshold=None)
             conn.adapters.register_dumper(_RawParam, _RawDumper)
             self._conn = conn
         return self._conn

@@ -477,7 +477,7 @@ def test_session_changes_between_writes_are_seen(proxied, prepared: bool) -> Non
     # TimeZone; a pure read keeps them. With prepare_threshold=0 the writes after the first
     # re-execute one prepared statement (a batch that starts with its Bind). The appliers
     # run the same text four times under two bytea_output values: a cached generic plan
-    # would fold the cast once (see sql/006_apply.sql, plan_cache_mode).
+    # made under the first would fold the cast once (see runtime/applier.py, _parse_context).
     base = 300 + 10 * int(prepared)
     insert = ("INSERT INTO accounts (id, owner, balance, opened) "
               "VALUES (%s, '\\x41'::bytea::text, 1, %s)")

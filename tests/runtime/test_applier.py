@@ -180,3 +180,48 @@ def test_prepared_statements_follow_each_entrys_settings(node) -> None:
         rows = dict(conn.execute("SELECT id, v FROM tb").fetchall())
     assert [rows[i] for i in (1, 8, 9)] == ["\\x41", "\\x41", "A"]
     assert rows[10] == "a\\tb" and rows[11] == "a\tb"
+
+
+def test_literals_coerced_at_parse_follow_each_entrys_settings(node) -> None:
+    # PostgreSQL coerces a typed literal when it parses a statement ('01/02/2026' as a date
+    # under DateStyle, a timestamptz under TimeZone), and a prepared statement keeps that
+    # parse. The same text under other settings must not reuse it: every node would keep
+    # whichever parse came first on its own connection (a restarted proxy starts afresh).
+    with psycopg.connect(node, autocommit=True) as conn:
+        conn.execute("CREATE TABLE td (id int PRIMARY KEY, d date, t timestamptz)")
+    insert = "INSERT INTO td VALUES ($1, '01/02/2026', '2026-01-02 00:00')"
+
+    def entry(slot: int, *settings: tuple[str, str]) -> ChosenEntry:
+        return ChosenEntry(slot, Value(f"r{slot}", Entry(insert, (Param(str(slot).encode()),),
+                                                          settings=settings).encode()))
+
+    apply(node, [entry(1, ("DateStyle", "ISO, MDY")),
+                 entry(2, ("DateStyle", "ISO, DMY")),
+                 entry(3, ("TimeZone", "Asia/Tokyo"))])
+    apply(node, [entry(4, ("DateStyle", "ISO, DMY"))])
+    with psycopg.connect(node) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        rows = {i: (str(d), str(t)) for i, d, t in conn.execute("SELECT id, d, t FROM td")}
+    assert rows[1] == ("2026-01-02", "2026-01-02 00:00:00+00:00")
+    assert rows[2][0] == rows[4][0] == "2026-02-01"
+    assert rows[3][1] == "2026-01-01 15:00:00+00:00"
+
+
+def test_the_careful_path_never_keeps_a_parse_across_settings(node) -> None:
+    # A request id twice in a batch sends it down the careful path (psycopg, savepoints);
+    # psycopg would prepare a text it ran five times and keep its parse.
+    with psycopg.connect(node, autocommit=True) as conn:
+        conn.execute("CREATE TABLE td (id int PRIMARY KEY, d date)")
+    insert = "INSERT INTO td VALUES ($1, '01/02/2026')"
+
+    def twice(slot: int, style: str) -> list[ChosenEntry]:
+        value = Value(f"r{slot}", Entry(insert, (Param(str(slot).encode()),),
+                                        settings=(("DateStyle", style),)).encode())
+        return [ChosenEntry(slot, value), ChosenEntry(slot + 1, value)]
+
+    batches = [twice(slot, "ISO, MDY") for slot in range(1, 13, 2)] + [twice(13, "ISO, DMY")]
+    results, careful = apply_counting(node, batches)  # one applier, one connection
+    assert careful == len(batches) and results[-1][1].status is Status.DUPLICATE
+    with psycopg.connect(node) as conn:
+        assert conn.execute("SELECT d FROM td WHERE id = 13").fetchone()[0].isoformat() \
+            == "2026-02-01"
