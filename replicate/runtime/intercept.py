@@ -157,6 +157,7 @@ class _Statement:
     # ran in the session since, the statement still exists there (no DEALLOCATE can have run)
     confirmed: int = -1
     no_data: bool = False         # an execution returned no columns (no RETURNING)
+    resolution: Any = None        # how the session resolved names when it was classified
 
 
 @dataclass(slots=True)
@@ -184,6 +185,11 @@ _EXECUTE_AND_SYNC = [codec.encode(m.Execute("", 0)), codec.encode(m.Sync())]
 _DESCRIBE_EXECUTE_AND_SYNC = [codec.encode(m.Describe("P", "")), *_EXECUTE_AND_SYNC]
 _BIND_COMPLETE = codec.encode(m.BindComplete())
 _NO_DATA = codec.encode(m.NoData())
+
+
+def _resolution(facts: dict) -> tuple:
+    """What decides which tables a statement's names stand for in the session."""
+    return facts["schemas"], facts.get("resolved")
 
 
 def _params(stmt: _Statement, bind: m.Bind) -> tuple[Param, ...]:
@@ -562,6 +568,7 @@ class ReplicateHooks(Hooks):
         if stmt.decision is None:
             return await self._fail_batch(session, _sql_error(
                 "42601", "cannot insert multiple commands into a prepared statement"))
+        stmt.resolution = _resolution(facts)
         self._state(session).statements[message.name] = stmt
         return Action.FORWARD
 
@@ -589,6 +596,17 @@ class ReplicateHooks(Hooks):
         except ReplicateError as exc:
             return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message,
                                                               exc.hint), settled=True)
+        if _resolution(facts) != stmt.resolution:
+            # The session resolves names differently than when the statement was prepared
+            # (SET search_path, a temporary table): PostgreSQL plans it again, so the gate
+            # decides again.
+            decision = await self._reclassify(session, stmt, facts)
+            if not isinstance(decision, Replicate):
+                if isinstance(decision, Refuse):
+                    err = decision.error
+                    return await self._fail_batch(session, _sql_error(
+                        err.sqlstate, err.message, err.hint), settled=True)
+                return Action.FORWARD  # no registered table now: the node runs it
         result = await self._submit(session, self._entry(decision.text, facts, params, binary))
         if isinstance(result, ReplicateError) or not result.ok:
             session.write_client(b"".join(self._outcome_messages(session, result,
@@ -599,6 +617,20 @@ class ReplicateHooks(Hooks):
             stmt.no_data = True
         session.write_client(b"".join(self._outcome_messages(session, result, describe=False)))
         return Action.HANDLED
+
+    async def _reclassify(self, session: Session, stmt: _Statement, facts: dict) -> Any:
+        """The gate's decision for ``stmt`` under the session's current names. A write
+        decision is kept for the next executions; any other is made again each time (the
+        session may resolve the names back)."""
+        catalog = await self.catalogs.load()
+        decisions = classify(stmt.sql, catalog, search_path=facts["schemas"] or ("public",),
+                             now=dt.datetime.now(dt.timezone.utc), rng=self._rng,
+                             resolved=facts.get("resolved"))
+        meaningful = [d for d in decisions if stmt.sql[d.start:d.end].strip()]
+        decision = meaningful[0] if len(meaningful) == 1 else Relay(0, len(stmt.sql))
+        if isinstance(decision, Replicate):
+            stmt.decision, stmt.resolution = decision, _resolution(facts)
+        return decision
 
     async def _prepared_write(self, session: Session, stmt: _Statement, bind: m.Bind,
                               describe: bool) -> Action:

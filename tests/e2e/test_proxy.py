@@ -325,6 +325,27 @@ def test_a_table_created_after_the_catalog_hides_the_registered_one(proxied) -> 
                 conn.execute("DROP SCHEMA late CASCADE")
 
 
+def test_a_prepared_write_follows_a_later_search_path(proxied) -> None:
+    # PostgreSQL resolves a prepared statement's names again after SET search_path: the same
+    # prepared INSERT goes to shadow.accounts (unregistered: this node only, as PostgreSQL
+    # does) and, once the path is back, to the registered table through the log.
+    insert = "INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, 1)"
+    with psycopg.connect(proxy_dsn(proxied, "n1"), autocommit=True) as conn:
+        conn.execute(insert, [930, "public"], prepare=True)
+        conn.execute("SET search_path = shadow, public")
+        conn.execute(insert, [931, "shadow"], prepare=True)
+        conn.execute("SET search_path = public")
+        conn.execute(insert, [932, "public"], prepare=True)
+        assert conn.execute("SELECT id FROM shadow.accounts WHERE id > 900").fetchall() \
+            == [(931,)]
+    ids = {r[0] for r in rows_everywhere(proxied)}
+    assert {930, 932} <= ids and 931 not in ids
+    for node in proxied.nodes[1:]:
+        with psycopg.connect(node.dsn) as conn:
+            assert conn.execute("SELECT count(*) FROM shadow.accounts WHERE id > 900"
+                                ).fetchone() == (0,)
+
+
 def test_set_role_between_executions_of_a_prepared_write(proxied) -> None:
     # The role (and the other session facts) of a prepared write are the session's at its
     # Bind, not the ones read when it was prepared: as PostgreSQL, the second INSERT runs
