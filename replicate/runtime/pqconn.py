@@ -17,11 +17,17 @@ raises psycopg's exception for it (same classes, ``.sqlstate`` and ``.diag`` as 
 an explicit transaction the pipeline opened is then still open, aborted, for the caller to roll
 back. A connection that broke, or whose ``run`` was cancelled half-way, is ``broken`` and must
 be closed. ``run`` calls must not overlap (the callers are serial by design).
+
+The event loop watches a duplicate of libpq's socket descriptor, which only this object closes
+(after it stopped watching it). libpq closes its own descriptor when it reads the end of the
+stream; watching that number directly, a later ``close`` would have removed the watch of
+whichever connection the number had been given to meanwhile (tests/runtime/test_pqconn.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -32,6 +38,7 @@ from psycopg import pq
 from psycopg.errors import error_from_result
 
 _EXEC = pq.ExecStatus
+POKE_S = 1.0  # a waiting connection reads and re-registers after this long without a wake-up
 
 INT4_OID, INT8_OID, TEXT_OID, BYTEA_OID = 23, 20, 25, 17
 TEXT_ARRAY_OID, BYTEA_ARRAY_OID, INT8_ARRAY_OID = 1009, 1001, 1016
@@ -85,8 +92,9 @@ class PqConnection:
         self._pg.nonblocking = 1
         self._pg.enter_pipeline_mode()
         self._loop = asyncio.get_running_loop()
-        self._fd = self._pg.socket
+        self._fd = os.dup(self._pg.socket)  # ours: see the module docstring
         self._waiter: asyncio.Future | None = None
+        self._writable: asyncio.Future | None = None  # while _flush waits for the socket
         self._failure: BaseException | None = None
         self._prepared: OrderedDict[tuple, bytes] = OrderedDict()  # (sql, types) -> name
         self._to_close: list[bytes] = []
@@ -117,10 +125,20 @@ class PqConnection:
         await self._owner.close()
 
     def _stop_reading(self) -> None:
+        """Stop watching the socket and close our descriptor of it; once."""
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
         try:
-            self._loop.remove_reader(self._fd)
-        except (ValueError, OSError):  # the loop or the socket is already gone
+            self._loop.remove_reader(fd)
+            if self._writable is not None:  # a _flush is waiting: it must not wait forever
+                self._loop.remove_writer(fd)
+                if not self._writable.done():
+                    self._writable.set_exception(psycopg.OperationalError(
+                        f"the connection is broken: {self._failure}"))
+        except (ValueError, OSError, RuntimeError):  # the loop is already closed
             pass
+        os.close(fd)
 
     def _on_readable(self) -> None:
         try:
@@ -204,21 +222,47 @@ class PqConnection:
 
     async def _flush(self) -> None:
         while self._pg.flush():
-            done = self._loop.create_future()
-            self._loop.add_writer(self._fd, lambda: done.done() or done.set_result(None))
+            fd = self._fd
+            if fd < 0:
+                raise psycopg.OperationalError(f"the connection is broken: {self._failure}")
+            done = self._writable = self._loop.create_future()
+            self._loop.add_writer(fd, lambda: done.done() or done.set_result(None))
             try:
                 await done
             finally:
-                self._loop.remove_writer(self._fd)
+                self._writable = None
+                if self._fd == fd:  # else _stop_reading removed it and closed fd
+                    self._loop.remove_writer(fd)
 
     async def _wait(self) -> None:
         if self._failure is not None:
             raise self._failure
         self._waiter = self._loop.create_future()
+        poke = self._loop.call_later(POKE_S, self._poke)
         try:
             await self._waiter
         finally:
+            poke.cancel()
             self._waiter = None
+
+    def _poke(self) -> None:
+        """A wait got no wake-up for POKE_S: read as if woken, and watch the socket afresh.
+
+        The event loop's interest list was seen to lose a connection's socket (an applier
+        waiting forever after its node was SIGKILLed and restarted, the socket open and not
+        watched). Whatever drops the watch, a waiting connection finds out within POKE_S
+        seconds: it reads what arrived (or the end of the stream) and registers again.
+        """
+        if self._waiter is None or self._waiter.done():
+            return
+        self._on_readable()
+        if self._waiter is not None and not self._waiter.done() and self._fd >= 0:
+            try:
+                self._loop.remove_reader(self._fd)
+            except (ValueError, OSError):
+                pass
+            self._loop.add_reader(self._fd, self._on_readable)
+            self._loop.call_later(POKE_S, self._poke)
 
     async def _next_result(self) -> pq.abc.PGresult:
         while True:
