@@ -44,7 +44,7 @@ READ_CONSISTENCIES = ("local", "session", "linearizable")
 DEFAULT_CONFIG = Path("cluster.toml")
 
 _CLUSTER_KEYS = {"name", "read_consistency", "connect_timeout_s", "write_timeout_s",
-                 "apply_timeout_ms"}
+                 "apply_timeout_ms", "apply_linger_ms"}
 _NODE_KEYS = {"name", "dsn", "proxy", "data_dir", "socket_dir"}
 
 
@@ -105,6 +105,7 @@ class ClusterConfig:
     connect_timeout_s: float = 5.0
     write_timeout_s: float = 15.0
     apply_timeout_ms: int = 5000
+    apply_linger_ms: int = 10
     path: Path | None = field(default=None, compare=False)
 
     def node(self, name: str) -> NodeConfig:
@@ -170,6 +171,10 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
     apply_timeout = _positive(cluster, "apply_timeout_ms", 5000)
     if not isinstance(apply_timeout, int):
         raise ConfigError("[cluster]: apply_timeout_ms must be a whole number of milliseconds")
+    apply_linger = cluster.get("apply_linger_ms", 10)
+    if isinstance(apply_linger, bool) or not isinstance(apply_linger, int) or apply_linger < 0:
+        raise ConfigError("[cluster]: apply_linger_ms must be a whole number of milliseconds, "
+                          ">= 0")
     name = cluster.get("name", "replicate")
     if not isinstance(name, str) or not name:
         raise ConfigError("[cluster]: name must be a non-empty string")
@@ -219,7 +224,8 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
         raise ConfigError("two nodes share one proxy address")
     return ClusterConfig(nodes=tuple(nodes), name=name, read_consistency=read_consistency,
                          connect_timeout_s=float(timeout), write_timeout_s=float(write_timeout),
-                         apply_timeout_ms=apply_timeout, path=path)
+                         apply_timeout_ms=apply_timeout, apply_linger_ms=apply_linger,
+                         path=path)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG) -> ClusterConfig:
@@ -257,6 +263,7 @@ def dump_config(config: ClusterConfig) -> str:
             "connect_timeout_s": config.connect_timeout_s,
             "write_timeout_s": config.write_timeout_s,
             "apply_timeout_ms": config.apply_timeout_ms,
+            "apply_linger_ms": config.apply_linger_ms,
         },
         "nodes": nodes,
     }

@@ -34,6 +34,7 @@ log = logging.getLogger("replicate.proxy")
 def settings_for(config: ClusterConfig) -> EngineSettings:
     return EngineSettings(submit_timeout_s=config.write_timeout_s,
                           apply_timeout_ms=config.apply_timeout_ms,
+                          apply_linger_s=config.apply_linger_ms / 1000,
                           connect_timeout_s=min(config.connect_timeout_s, 2.0))
 
 
