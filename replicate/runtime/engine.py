@@ -559,21 +559,28 @@ class Engine:
 
     async def _leader_rounds(self) -> None:
         """Run confirmation rounds until no read waits for one."""
-        rounds = self._leader_reads
+        await self._serve_rounds(
+            self._leader_reads,
+            lambda: asyncio.wait_for(self._confirm_round(), 2 * self.settings.request_timeout_s),
+            "no majority confirmed the leadership in time", (ReplicateError,),
+            "a read confirmation round failed")
+
+    async def _serve_rounds(self, rounds: SharedRounds, one_round, timeout_message: str,
+                            expected: tuple[type, ...], failure: str) -> None:
+        """Answer the reads of ``rounds`` with ``one_round()`` until no read waits for one: its
+        index, NotLeader on a timeout, or its exception (logged unless ``expected``)."""
         while (reads := rounds.begin()) is not None:
             try:
                 if any(not fut.done() for fut in reads):  # all callers may have given up
-                    index = await asyncio.wait_for(self._confirm_round(),
-                                                   2 * self.settings.request_timeout_s)
-                    _answer(reads, index)
+                    _answer(reads, await one_round())
             except asyncio.CancelledError:
                 _answer(reads, NodeUnavailable("the proxy is shutting down"))
                 raise
             except asyncio.TimeoutError:
-                _answer(reads, NotLeader("no majority confirmed the leadership in time"))
-            except Exception as exc:  # noqa: BLE001 - NotLeader or a bug: the reads fail
-                if not isinstance(exc, ReplicateError):
-                    log.exception("%s: a read confirmation round failed", self.name)
+                _answer(reads, NotLeader(timeout_message))
+            except Exception as exc:  # noqa: BLE001 - NotLeader, unreachable, or a bug
+                if not isinstance(exc, expected):
+                    log.exception("%s: %s", self.name, failure)
                 _answer(reads, exc)
             finally:
                 rounds.end()
@@ -639,22 +646,10 @@ class Engine:
 
     async def _follower_rounds(self) -> None:
         """Send read-index requests to the leader until no read waits for one."""
-        rounds = self._follower_reads
-        while (reads := rounds.begin()) is not None:
-            try:
-                if any(not fut.done() for fut in reads):
-                    _answer(reads, await self._request_read_index())
-            except asyncio.CancelledError:
-                _answer(reads, NodeUnavailable("the proxy is shutting down"))
-                raise
-            except asyncio.TimeoutError:
-                _answer(reads, NotLeader("the leader did not answer a read-index request in time"))
-            except Exception as exc:  # noqa: BLE001 - NotLeader, unreachable, or a bug
-                if not isinstance(exc, (ReplicateError, OSError)):
-                    log.exception("%s: a read-index request to the leader failed", self.name)
-                _answer(reads, exc)
-            finally:
-                rounds.end()
+        await self._serve_rounds(
+            self._follower_reads, self._request_read_index,
+            "the leader did not answer a read-index request in time", (ReplicateError, OSError),
+            "a read-index request to the leader failed")
 
     async def _request_read_index(self) -> int:
         rep = self.replica
