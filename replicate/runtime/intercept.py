@@ -56,11 +56,12 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import json
 import logging
 import random
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 import psycopg
 import pglast
@@ -105,9 +106,10 @@ _FACT_KEYS = ("role", "schemas", "search_path", "TimeZone", "DateStyle", "Interv
               "resolved")
 
 
-def session_sql(table_names: Iterable[str] = ()) -> str:
-    """The facts query, resolving the (unqualified) ``table_names`` in the session."""
-    names = sorted(set(table_names))
+@functools.lru_cache(maxsize=8)
+def session_sql(names: tuple[str, ...] = ()) -> str:
+    """The facts query, resolving the (unqualified, sorted) table ``names`` in the session;
+    built once per set of registered names."""
     if not names:
         return _SESSION_SQL.format(resolved="NULL")
     hexed = ", ".join(f"convert_from(decode('{n.encode().hex()}', 'hex'), 'UTF8')"
@@ -394,7 +396,7 @@ class ReplicateHooks(Hooks):
         catalog = self.catalogs.catalog if self.catalogs is not None else None
         if self._facts_current(session, state) and state.facts_catalog is catalog:
             return state.facts
-        names = [t.name for t in catalog.tables] if catalog is not None else []
+        names = tuple(sorted({t.name for t in catalog.tables})) if catalog is not None else ()
         replies = await session.exchange(m.Query(session_sql(names)))
         rows = [r for r in replies if type(r) is m.DataRow]
         if not rows:
