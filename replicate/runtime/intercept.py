@@ -187,6 +187,7 @@ _EXECUTE_AND_SYNC = [codec.encode(m.Execute("", 0)), codec.encode(m.Sync())]
 _DESCRIBE_EXECUTE_AND_SYNC = [codec.encode(m.Describe("P", "")), *_EXECUTE_AND_SYNC]
 _BIND_COMPLETE = codec.encode(m.BindComplete())
 _NO_DATA = codec.encode(m.NoData())
+_READY_IDLE = codec.encode(codec.ready_for_query("I"))
 
 
 def _resolution(facts: dict) -> tuple:
@@ -654,10 +655,9 @@ class ReplicateHooks(Hooks):
         binary = _result_binary(bind.result_formats)
         entry = self._entry(stmt.decision.text, state.facts, _params(stmt, bind), bool(binary))
         result = await self._submit(session, entry)
-        enc = session.encoding
         session.write_client(b"".join([_BIND_COMPLETE, _NO_DATA if describe else b"",
                                        *self._outcome_messages(session, result, describe=False),
-                                       codec.encode(codec.ready_for_query("I"), enc)]))
+                                       _READY_IDLE]))
         return Action.HANDLED
 
     async def _bind_write(self, session: Session) -> Action:
