@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -62,6 +62,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from replicate.admin import add_table, cluster_status
 from replicate.cluster import LocalCluster, find_free_range
+from replicate.config import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "benchmarks" / "results"
@@ -148,6 +149,8 @@ class Settings:
     via: str
     out: Path
     quick: bool
+    read_lease_ms: int | None = None  # None: the configuration's default
+
 
 
 # -- the machine -----------------------------------------------------------------
@@ -437,6 +440,10 @@ def run_benchmark(settings: Settings) -> dict:
         start = random.Random(os.getpid() ^ uuid.uuid4().int).randrange(20000, 60000)
         cluster = LocalCluster.create(scratch / "cluster", nodes=3,
                                       base_port=find_free_range(6, start=start), fsync=True)
+        if settings.read_lease_ms is not None:
+            write_config(replace(cluster.config, read_lease_ms=settings.read_lease_ms),
+                         cluster.config_path)
+            cluster.config = replace(cluster.config, read_lease_ms=settings.read_lease_ms)
         cluster.start()
         cluster.start_proxies()
         leader = wait_for_leader(cluster)
@@ -528,6 +535,7 @@ def run_benchmark(settings: Settings) -> dict:
                 "workloads": [w.key for w in WORKLOADS if w.group in settings.groups],
                 "preloaded_rows": settings.rows, "fsync": True, "nodes": 3,
                 "via": settings.via, "leader": leader, "node": chosen,
+                "read_lease_ms": cluster.config.read_lease_ms,
                 "postgresql": server_version, "wal_sync_available": probe.wal_available,
                 "write_settle_s": WRITE_SETTLE_S,
                 "machine": machine(),
@@ -569,6 +577,9 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--rows", type=int, help="rows preloaded (default 10000)")
     p.add_argument("--via", choices=["leader", "follower"], default="leader",
                    help="drive the leader's node and proxy (default) or a follower's")
+    p.add_argument("--read-lease-ms", type=int, dest="read_lease_ms",
+                   help="the cluster's read_lease_ms (default: the configuration's, 500; "
+                        "0 confirms every linearizable read with a round)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
                                             "with --quick a directory under /tmp)")
     a = p.parse_args(argv)
@@ -594,7 +605,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         rows=given(a.rows, 1000 if q else 10000), via=a.via,
         out=a.out or (Path(tempfile.gettempdir()) / "replicate-bench-quick" if q
                       else DEFAULT_OUT),
-        quick=q)
+        quick=q, read_lease_ms=a.read_lease_ms)
     if settings.duration < 1 or settings.duration > 600:
         p.error("--duration must be between 1 and 600 seconds")
     if settings.rounds < 1 or settings.rows < 1 or not settings.clients:

@@ -12,6 +12,8 @@ State (the storage protocol, ``AcceptorStorage``):
 
 - ``promised``: one ballot, covering every slot (a promise is for a suffix of the log, and the
   suffix only ever starts lower, so one ballot suffices). Starts at ``Ballot.ZERO``.
+- ``lease_until``: until when (on the acceptor's own clock, ``now()``) the holder of the promise
+  has a read lease: the promise is not raised before then. Starts at 0 (no lease).
 - per slot: the accepted ``(ballot, value)`` and a ``chosen`` mark.
 
 Operations (``b`` = request ballot, ``P`` = promised):
@@ -19,22 +21,28 @@ Operations (``b`` = request ballot, ``P`` = promised):
 =========================================  ====================================================
 request                                    effect and reply
 =========================================  ====================================================
-``Prepare(b, from_slot)``                  if ``b >= P``: ``P := b``; reply ``Promise(b,
+``Prepare(b, from_slot)``                  if ``b > P`` while the lease runs (``now <
+                                           lease_until``): no write; reply ``Leased(b, P)``.
+                                           Else if ``b >= P``: ``P := b``; reply ``Promise(b,
                                            from_slot, every accepted entry at slot >=
                                            from_slot, ascending, with its chosen mark)``.
                                            Else no write; reply ``Nack(b, P)``.
-``Accept(b, first, values, commit_upto)``  if ``b >= P``: ``P := b``; for each ``i``:
+``Accept(b, first, values, commit_upto)``  ``Leased`` as for Prepare. Else
+                                           if ``b >= P``: ``P := b``; for each ``i``:
                                            slot ``first+i`` := ``(b, values[i])``, its
                                            chosen mark kept only if it was set and the value
                                            is unchanged; then mark chosen every slot <=
                                            commit_upto whose accepted ballot is ``b``; reply
                                            ``Accepted(b, first, last, commit_upto)``.
                                            Else no write; reply ``Nack(b, P)``.
-``Commit(b, commit_upto)``                 mark chosen every slot <= commit_upto whose
+``Commit(b, commit_upto, lease, stamp)``    mark chosen every slot <= commit_upto whose
                                            accepted ballot is ``b`` (whatever ``P`` is: the
                                            message states a fact about ballot ``b``). Reply
-                                           ``Committed(b, commit_upto)`` if ``b >= P``, else
-                                           ``Nack(b, P)``.
+                                           ``Committed(b, commit_upto, granted, stamp)`` if
+                                           ``b >= P``, else ``Nack(b, P)``. ``granted`` is
+                                           ``lease`` if ``lease > 0`` and ``b = P`` (then
+                                           ``lease_until := max(lease_until, now + lease)``),
+                                           else 0.
 ``Fetch(from_slot, limit)``                no write; reply ``Fetched(from_slot, the first
                                            limit chosen entries at slot >= from_slot,
                                            ascending)``.
@@ -45,6 +53,12 @@ promise comes from the proposer that holds the promise, in the same attempt. Re-
 prepare is then harmless (same promise, a fresh report), and its accepts must pass. A replica
 leads under a ballot at most once (it persists its round before using it, and re-sends a
 prepare under the same ballot only if it never led under it).
+
+Why a lease refuses only a *raise* of the promise: the holder's own requests (``b = P``) must
+pass, and a lower ballot is refused anyway. While the lease runs the promise stays the holder's,
+so no other proposer completes phase 1 with this acceptor; see ``lease.py`` for what the
+holder's reads gain from that. Refusing is always safe for the values (Paxos allows an
+acceptor to ignore any request); it only delays a new leader until the lease ends.
 
 Why the chosen mark needs the ballot: a value accepted under a different ballot than the one
 that chose the slot may be a different value; only entries accepted under the committing
@@ -59,7 +73,7 @@ from typing import Iterable, Protocol
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import (
     Accept, Accepted, AcceptedEntry, AcceptorReply, AcceptorRequest, ChosenEntry, Commit,
-    Committed, Fetch, Fetched, Nack, Prepare, Promise, Value,
+    Committed, Fetch, Fetched, Leased, Nack, Prepare, Promise, Value,
 )
 
 
@@ -69,16 +83,19 @@ class AcceptorWrite:
 
     ``promise``: the new promised ballot, or None. ``accept``: ``(ballot, first_slot, values)``
     to store, or None. ``mark``: ``(ballot, upto)``: mark chosen every slot <= upto whose
-    accepted ballot is ``ballot`` (after the accept part), or None.
+    accepted ballot is ``ballot`` (after the accept part), or None. ``lease_until``: the new
+    end of the read lease (never earlier than the stored one), or None.
     """
 
     promise: Ballot | None = None
     accept: tuple[Ballot, int, tuple[Value, ...]] | None = None
     mark: tuple[Ballot, int] | None = None
+    lease_until: int | None = None
 
     @property
     def empty(self) -> bool:
-        return self.promise is None and self.accept is None and self.mark is None
+        return self.promise is None and self.accept is None and self.mark is None \
+            and self.lease_until is None
 
 
 NO_WRITE = AcceptorWrite()
@@ -88,6 +105,14 @@ class AcceptorState(Protocol):
     """Read side of acceptor storage (what the rules need to decide)."""
 
     def promised(self) -> Ballot: ...
+
+    def lease_until(self) -> int:
+        """Until when (``now()``'s clock) the holder of the promise has a read lease."""
+        ...
+
+    def now(self) -> int:
+        """The acceptor's clock (milliseconds of the server's wall clock in PostgreSQL)."""
+        ...
 
     def accepted_from(self, from_slot: int) -> Iterable[AcceptedEntry]:
         """Every accepted entry at slot >= from_slot, ascending."""
@@ -129,6 +154,8 @@ class Acceptor:
         promised = state.promised()
         if req.ballot < promised:
             return NO_WRITE, Nack(req.ballot, promised)
+        if req.ballot > promised and state.now() < state.lease_until():
+            return NO_WRITE, Leased(req.ballot, promised)
         write = AcceptorWrite(promise=req.ballot) if req.ballot != promised else NO_WRITE
         return write, Promise(req.ballot, req.from_slot, tuple(state.accepted_from(req.from_slot)))
 
@@ -137,6 +164,8 @@ class Acceptor:
         promised = state.promised()
         if req.ballot < promised:
             return NO_WRITE, Nack(req.ballot, promised)
+        if req.ballot > promised and state.now() < state.lease_until():
+            return NO_WRITE, Leased(req.ballot, promised)
         write = AcceptorWrite(
             promise=req.ballot if req.ballot != promised else None,
             accept=(req.ballot, req.first_slot, req.values),
@@ -146,11 +175,16 @@ class Acceptor:
 
     def commit(self, state: AcceptorState,
                req: Commit) -> tuple[AcceptorWrite, AcceptorReply]:
-        write = AcceptorWrite(mark=(req.ballot, req.commit_upto)) if req.commit_upto else NO_WRITE
+        mark = (req.ballot, req.commit_upto) if req.commit_upto else None
         promised = state.promised()
         if req.ballot < promised:
-            return write, Nack(req.ballot, promised)
-        return write, Committed(req.ballot, req.commit_upto)
+            return AcceptorWrite(mark=mark), Nack(req.ballot, promised)
+        granted = req.lease if req.lease > 0 and req.ballot == promised else 0
+        until = state.now() + granted if granted else None
+        if until is not None and until <= state.lease_until():
+            until = None  # a lease that ends earlier than the one held changes nothing
+        return AcceptorWrite(mark=mark, lease_until=until), \
+            Committed(req.ballot, req.commit_upto, granted, req.stamp)
 
     def fetch(self, state: AcceptorState,
               req: Fetch) -> tuple[AcceptorWrite, AcceptorReply]:
@@ -164,16 +198,24 @@ class InMemoryAcceptorStorage:
     every ``apply`` is durable when it returns.
     """
 
-    __slots__ = ("_promised", "_slots", "_unchosen")
+    __slots__ = ("_promised", "_lease_until", "_slots", "_unchosen", "clock")
 
     def __init__(self) -> None:
         self._promised = Ballot(0, 0)
+        self._lease_until = 0
+        self.clock = 0  # the acceptor's clock: whoever runs it sets the time
         self._slots: dict[int, AcceptedEntry] = {}
         self._unchosen: set[int] = set()  # slots holding an entry without a chosen mark
 
     # -- reads
     def promised(self) -> Ballot:
         return self._promised
+
+    def lease_until(self) -> int:
+        return self._lease_until
+
+    def now(self) -> int:
+        return self.clock
 
     def accepted_from(self, from_slot: int) -> list[AcceptedEntry]:
         return [self._slots[s] for s in sorted(self._slots) if s >= from_slot]
@@ -198,6 +240,8 @@ class InMemoryAcceptorStorage:
     def apply(self, write: AcceptorWrite) -> None:
         if write.promise is not None:
             self._promised = write.promise
+        if write.lease_until is not None:
+            self._lease_until = max(self._lease_until, write.lease_until)
         if write.accept is not None:
             ballot, first, values = write.accept
             for i, value in enumerate(values):

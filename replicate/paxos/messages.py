@@ -11,7 +11,8 @@ Messages, by direction:
 
 - replica -> acceptor (requests, one acceptor transaction each): ``Prepare``, ``Accept``,
   ``Commit``, ``Fetch``
-- acceptor -> replica (replies): ``Promise``, ``Accepted``, ``Committed``, ``Nack``, ``Fetched``
+- acceptor -> replica (replies): ``Promise``, ``Accepted``, ``Committed``, ``Nack``, ``Leased``,
+  ``Fetched``
 - replica -> replica: ``Heartbeat`` and ``Chosen`` (leader to followers), ``Forward`` (a
   proposal to the leader)
 """
@@ -159,14 +160,24 @@ class Accept:
 
 @dataclass(frozen=True, slots=True)
 class Commit:
-    """Heartbeat to an acceptor: slots <= ``commit_upto`` accepted under ``ballot`` are chosen."""
+    """Heartbeat to an acceptor: slots <= ``commit_upto`` accepted under ``ballot`` are chosen.
+
+    With ``lease > 0`` it also asks for a read lease: an acceptor whose promise is ``ballot``
+    promises no higher ballot for ``lease`` units of its own clock (milliseconds in
+    PostgreSQL). ``stamp`` is the sender's clock when it sent the request; the acceptor does
+    not read it, the reply carries it back (see ``lease.LeaseTracker``).
+    """
 
     ballot: Ballot
     commit_upto: int
+    lease: int = 0
+    stamp: int = 0
 
     def __post_init__(self) -> None:
         _check_ballot(self.ballot)
         _check_slot("commit_upto", self.commit_upto)
+        _check_slot("lease", self.lease)
+        _check_slot("stamp", self.stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,14 +230,19 @@ class Accepted:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """The acceptor applied ``Commit(ballot, commit_upto)``."""
+    """The acceptor applied ``Commit(ballot, commit_upto)``; ``lease`` is the read lease it
+    granted (0: none, e.g. its promise is lower than ``ballot``), ``stamp`` the request's."""
 
     ballot: Ballot
     commit_upto: int
+    lease: int = 0
+    stamp: int = 0
 
     def __post_init__(self) -> None:
         _check_ballot(self.ballot)
         _check_slot("commit_upto", self.commit_upto)
+        _check_slot("lease", self.lease)
+        _check_slot("stamp", self.stamp)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +255,22 @@ class Nack:
     def __post_init__(self) -> None:
         _check_ballot(self.ballot)
         _check_ballot(self.promised)
+
+
+@dataclass(frozen=True, slots=True)
+class Leased:
+    """A request under ``ballot`` would raise the promise ``holder`` while the read lease the
+    acceptor granted ``holder`` runs: refused, nothing written. For the sender it is as if the
+    acceptor had not answered (it is neither a promise nor a higher ballot)."""
+
+    ballot: Ballot
+    holder: Ballot
+
+    def __post_init__(self) -> None:
+        _check_ballot(self.ballot)
+        _check_ballot(self.holder)
+        if not self.holder < self.ballot:
+            raise ValueError("a lease refuses only ballots above its holder's")
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,9 +341,9 @@ class Forward:
 
 
 AcceptorRequest = Union[Prepare, Accept, Commit, Fetch]
-AcceptorReply = Union[Promise, Accepted, Committed, Nack, Fetched]
-Message = Union[Prepare, Accept, Commit, Fetch, Promise, Accepted, Committed, Nack, Fetched,
-                Heartbeat, Chosen, Forward]
+AcceptorReply = Union[Promise, Accepted, Committed, Nack, Leased, Fetched]
+Message = Union[Prepare, Accept, Commit, Fetch, Promise, Accepted, Committed, Nack, Leased,
+                Fetched, Heartbeat, Chosen, Forward]
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,8 +36,8 @@ from replicate.paxos.ballot import Ballot
 from replicate.paxos.learner import Learner
 from replicate.paxos.messages import (
     Accept, Accepted, Addr, Chosen, ChosenEntry, Commit, Committed, Envelope, Fetch, Fetched,
-    Forward,
-    Heartbeat, Message, Nack, Prepare, Promise, Value, acceptor_addr, replica_addr,
+    Forward, Heartbeat, Leased, Message, Nack, Prepare, Promise, Value, acceptor_addr,
+    replica_addr,
 )
 from replicate.paxos.proposer import Leadership, recover
 
@@ -268,6 +268,10 @@ class Replica:
             if self.role is not Role.FOLLOWER and msg.ballot == self.ballot \
                     and msg.promised > self.ballot:
                 self._step_down()
+        elif isinstance(msg, Leased):
+            # The acceptor still leases its promise to a leader: as if it had not answered, so
+            # a candidate that gets only these yields to that leader's heartbeat (fruitless).
+            self._observe(msg.holder)
         elif isinstance(msg, Forward):
             if self.role is not Role.FOLLOWER:
                 self.propose(msg.value)

@@ -30,7 +30,9 @@ Read index (``read_index``): the leader answers with its commit index once
 earlier leader may have acknowledged is below the index, and (b) a majority
 of acceptors has answered a ``Commit`` under its ballot sent after the
 request arrived, so it was still the leader when the read began. Concurrent
-reads share such confirmation rounds (``leader_read_index``). Followers ask
+reads share such confirmation rounds (``leader_read_index``). With a read
+lease (``read_lease_ms``, replicate/paxos/lease.py) a leader skips the round
+while a majority of acceptors is known to keep its promise. Followers ask
 the leader over one persistent peer connection, and concurrent follower reads
 share one request (``_ask_leader_read_index``).
 """
@@ -53,7 +55,7 @@ from replicate.command import Entry, Outcome, Status
 from replicate.config import ClusterConfig
 from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.paxos import Config as PaxosConfig
-from replicate.paxos import HardState, Replica, Role
+from replicate.paxos import HardState, LeaseTracker, Replica, Role
 from replicate.paxos.messages import (
     AcceptorReply, Chosen, ChosenEntry, Commit, Committed, Envelope, Fetch, Forward, Heartbeat,
     Value,
@@ -101,6 +103,10 @@ class EngineSettings:
     # behind queued Accepts and fetches (docs/decisions.md, "Linearizable reads").
     confirm_connections: bool = True
     leader_read_timeout_s: float = 2.0  # a follower's read-index request to the leader
+    # Read leases: every heartbeat Commit asks the acceptors not to promise another leader for
+    # this long; while a majority's lease holds (less a 20% margin for clock rates), the
+    # leader answers read-index requests without a confirmation round. 0: a round every time.
+    read_lease_ms: int = 500
 
 
 class Engine:
@@ -153,6 +159,8 @@ class Engine:
         self._follower_reads: SharedRounds[asyncio.Future] = SharedRounds()
         self._read_tasks: set[asyncio.Task] = set()
         self._leader_channels: dict[int, ProxyClient] = {}  # follower -> leader, read index
+        self.lease = LeaseTracker(self.n)
+        self.lease_reads = 0  # read indexes answered from the lease, without a round
         self.leader_connections = 0  # connections opened to a leader for read-index requests
         self.started_at = time.monotonic()
         self.ready = asyncio.Event()  # set once start() loaded the local state
@@ -236,6 +244,8 @@ class Engine:
 
     # ------------------------------------------------------------------ driver
     def _on_acceptor_reply(self, index: int, reply: AcceptorReply) -> None:
+        if isinstance(reply, Committed) and reply.lease:
+            self.lease.granted(index, reply)
         self._events.put_nowait(("step", Envelope(acceptor_addr(index), replica_addr(self.index), reply)))
 
     def deliver_peer_frame(self, sender: int, frame: Heartbeat | Chosen | Forward) -> None:
@@ -315,7 +325,12 @@ class Engine:
 
     def _send(self, env: Envelope) -> None:
         if env.dst.role == "acceptor":
-            self.links[env.dst.id].send(env.msg)
+            msg = env.msg
+            if type(msg) is Commit and self.settings.read_lease_ms:
+                # stamped before it is queued: the acceptor runs it later, so its lease ends
+                # later than stamp + lease on this clock (lease.py)
+                msg = Commit(msg.ballot, msg.commit_upto, self.settings.read_lease_ms, _now_ms())
+            self.links[env.dst.id].send(msg)
         elif env.dst.id in self.peers and isinstance(env.msg, (Heartbeat, Chosen, Forward)):
             self.peers[env.dst.id].send(env.msg)
 
@@ -547,6 +562,15 @@ class Engine:
         An index taken before t, or confirmed by a round sent before t, has no such argument:
         a newer leader could have acknowledged writes in between.
         """
+        rep = self.replica
+        if rep is not None and rep.role is Role.LEADER and self.lease.valid(rep.ballot, _now_ms()):
+            index, recovered = rep.commit_index, rep.recovered_upto
+            if index is not None and index >= (recovered or 0):
+                # The lease replaces the round: a majority keeps our promise until after now,
+                # so no newer leader can have acknowledged anything (lease.py); the index is
+                # taken now, after the read arrived.
+                self.lease_reads += 1
+                return index
         fut = asyncio.get_running_loop().create_future()
         if self._leader_reads.arrive(fut):
             self._spawn_read_task(self._leader_rounds())
@@ -709,6 +733,10 @@ class Engine:
                            "last_error": l.last_error, "dropped": l.dropped}
                           for l in self.links],
             "read_index": {"leader_rounds": self._leader_reads.rounds,
+                           "lease_reads": self.lease_reads,
+                           "lease_remaining_ms": (self.lease.remaining(rep.ballot, _now_ms())
+                                                  if rep is not None and rep.role is Role.LEADER
+                                                  else 0),
                            "leader_requests": self._follower_reads.rounds,
                            "leader_connections": self.leader_connections},
             "uptime_s": round(time.monotonic() - self.started_at, 1),
@@ -716,6 +744,11 @@ class Engine:
 
     def status_json(self) -> bytes:
         return json.dumps(self.status()).encode()
+
+
+def _now_ms() -> int:
+    """The clock of read-lease stamps: monotonic (never stepped), in milliseconds."""
+    return int(time.monotonic() * 1000)
 
 
 def _answer(reads: list[asyncio.Future], result: int | BaseException) -> None:

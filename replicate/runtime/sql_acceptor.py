@@ -10,10 +10,13 @@ it is decoded.
 ==============  ====================================================  ====================
 request         SQL                                                   reply
 ==============  ====================================================  ====================
-``Prepare``     ``replicate.prepare(round, proposer, from_slot)``     ``Promise | Nack``
-``Accept``      ``replicate.accept(round, proposer, first_slot,       ``Accepted | Nack``
+``Prepare``     ``replicate.prepare(round, proposer, from_slot)``     ``Promise | Nack |
+                                                                      Leased``
+``Accept``      ``replicate.accept(round, proposer, first_slot,       ``Accepted | Nack |
+                                                                      Leased``
                 request_ids[], payloads[], commit_upto)``
 ``Commit``      ``replicate.commit(round, proposer, commit_upto)``    ``Committed | Nack``
+                (with a lease: ``..., commit_upto, lease_ms)``)
 ``Fetch``       ``replicate.fetch(from_slot, limit)``                 ``Fetched``
 ==============  ====================================================  ====================
 
@@ -38,12 +41,13 @@ from replicate.errors import ProtocolError
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import (
     Accept, Accepted, AcceptedEntry, AcceptorReply, AcceptorRequest, ChosenEntry, Commit,
-    Committed, Fetch, Fetched, Nack, Prepare, Promise, Value,
+    Committed, Fetch, Fetched, Leased, Nack, Prepare, Promise, Value,
 )
 
 PREPARE_SQL = "SELECT * FROM replicate.prepare(%b, %b, %b)"
 ACCEPT_SQL = "SELECT * FROM replicate.accept(%b, %b, %b, %b::text[], %b::bytea[], %b)"
 COMMIT_SQL = "SELECT * FROM replicate.commit(%b, %b, %b)"
+LEASE_SQL = "SELECT * FROM replicate.commit(%b, %b, %b, %b)"
 FETCH_SQL = "SELECT * FROM replicate.fetch(%b, %b)"
 
 
@@ -56,6 +60,9 @@ def encode(request: AcceptorRequest) -> tuple[str, tuple[Any, ...]]:
                             [v.payload for v in request.values], Int8(request.commit_upto))
     if isinstance(request, Commit):
         b = request.ballot
+        if request.lease:
+            return LEASE_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.commit_upto),
+                               Int4(request.lease))
         return COMMIT_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.commit_upto))
     if isinstance(request, Prepare):
         b = request.ballot
@@ -69,6 +76,7 @@ _PQ_SQL = {Prepare: "SELECT * FROM replicate.prepare($1, $2, $3)",
            Accept: "SELECT * FROM replicate.accept($1, $2, $3, $4, $5, $6)",
            Commit: "SELECT * FROM replicate.commit($1, $2, $3)",
            Fetch: "SELECT * FROM replicate.fetch($1, $2)"}
+_PQ_LEASE_SQL = "SELECT * FROM replicate.commit($1, $2, $3, $4)"
 _I8, _I4 = pqconn.int8, pqconn.int4
 
 
@@ -82,6 +90,11 @@ def query(request: AcceptorRequest) -> Query:
             pqconn.array(BYTEA_OID, [v.payload for v in request.values]),
             _I8(request.commit_upto))
         types: tuple = (INT8_OID, INT4_OID, INT8_OID, TEXT_ARRAY_OID, BYTEA_ARRAY_OID, INT8_OID)
+    elif isinstance(request, Commit) and request.lease:
+        b = request.ballot
+        params = (_I8(b.round), _I4(b.proposer), _I8(request.commit_upto), _I4(request.lease))
+        return Query(_PQ_LEASE_SQL, params, (INT8_OID, INT4_OID, INT8_OID, INT4_OID),
+                     (1,) * 4, binary_results=True)
     elif isinstance(request, (Commit, Prepare)):
         b = request.ballot
         last = request.commit_upto if isinstance(request, Commit) else request.from_slot
@@ -122,12 +135,19 @@ def _one(rows: Sequence[Sequence[Any]], what: str) -> Sequence[Any]:
     return rows[0]
 
 
+def _refusal(request: Prepare | Accept | Commit, promised: Ballot) -> AcceptorReply:
+    """ok=false: a higher promise (Nack), or a lower one that a read lease keeps (Leased)."""
+    if promised < request.ballot:
+        return Leased(request.ballot, promised)
+    return Nack(request.ballot, promised)
+
+
 def _ok_or_nack(request: Accept | Commit, rows: Sequence[Sequence[Any]], what: str,
                 reply: AcceptorReply) -> AcceptorReply:
-    ok, promised_round, promised_proposer = _one(rows, what)
+    ok, promised_round, promised_proposer = _one(rows, what)[:3]
     if ok:
         return reply
-    return Nack(request.ballot, Ballot(promised_round, promised_proposer))
+    return _refusal(request, Ballot(promised_round, promised_proposer))
 
 
 def decode(request: AcceptorRequest, rows: Sequence[Sequence[Any]]) -> AcceptorReply:
@@ -136,15 +156,16 @@ def decode(request: AcceptorRequest, rows: Sequence[Sequence[Any]]) -> AcceptorR
         return _ok_or_nack(request, rows, "accept", Accepted(
             request.ballot, request.first_slot, request.last_slot, request.commit_upto))
     if isinstance(request, Commit):
-        return _ok_or_nack(request, rows, "commit",
-                           Committed(request.ballot, request.commit_upto))
+        granted = _one(rows, "commit")[3] if request.lease else 0
+        return _ok_or_nack(request, rows, "commit", Committed(
+            request.ballot, request.commit_upto, granted, request.stamp))
     if isinstance(request, Prepare):
         if not rows:
             raise ProtocolError("replicate.prepare returned no rows")
         first = rows[0]
         if not first[0]:
             _one(rows, "prepare")
-            return Nack(request.ballot, Ballot(first[1], first[2]))
+            return _refusal(request, Ballot(first[1], first[2]))
         accepted = tuple(
             AcceptedEntry(slot, Ballot(ballot_round, ballot_proposer),
                           Value(request_id, bytes(payload)), chosen)

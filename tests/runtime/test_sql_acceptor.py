@@ -4,8 +4,10 @@ The differential test generates sequences of acceptor requests over a small spac
 proposers 0..2, slots 1..8, a pool of values that share request ids and payloads, incl. the
 no-op), so that ballots collide, batches overlap and chosen marks are set, kept and dropped
 often. After every request both replies must be equal; after every sequence both end states
-(promise, and every log row with its chosen mark). ``REPLICATE_DIFF_EXAMPLES`` raises the number
-of sequences (default 200).
+(promise, whether a read lease runs, and every log row with its chosen mark). Leases are asked
+for with 10 minutes (both sides: the model's clock stands at 0, the server's runs for the few
+seconds of the test), so a lease granted in a sequence runs until its end; a lease that ends is
+tested by hand below. ``REPLICATE_DIFF_EXAMPLES`` raises the number of sequences (default 200).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from hypothesis import strategies as st
 from replicate.paxos.acceptor import Acceptor, InMemoryAcceptorStorage
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import (
-    NOOP, Accept, Accepted, AcceptedEntry, ChosenEntry, Commit, Committed, Fetch, Fetched, Nack,
-    Prepare, Promise, Value,
+    NOOP, Accept, Accepted, AcceptedEntry, ChosenEntry, Commit, Committed, Fetch, Fetched, Leased,
+    Nack, Prepare, Promise, Value,
 )
 from replicate.runtime import schema
 from replicate.runtime.pqconn import PqConnection
@@ -33,7 +35,9 @@ from replicate.runtime.sql_acceptor import acall, call, decode, encode
 EXAMPLES = int(os.environ.get("REPLICATE_DIFF_EXAMPLES", "200"))
 
 RESET = ("TRUNCATE replicate.log; "
-         "UPDATE replicate.acceptor SET promised_round = 0, promised_proposer = 0")
+         "UPDATE replicate.acceptor SET promised_round = 0, promised_proposer = 0, "
+         "lease_until = NULL")
+TEN_MINUTES = 600_000
 
 
 @pytest.fixture
@@ -79,7 +83,8 @@ def sequences(draw: st.DrawFn) -> list:
         if kind == 0:
             ops.append(Accept(ballot, draw(slots), draw(batches), draw(uptos)))
         elif kind == 1:
-            ops.append(Commit(ballot, draw(uptos)))
+            lease = draw(st.sampled_from((0, 0, TEN_MINUTES)))
+            ops.append(Commit(ballot, draw(uptos), lease, draw(st.integers(0, 3)) if lease else 0))
         elif kind == 2:
             ops.append(Prepare(ballot, draw(slots)))
         else:
@@ -114,6 +119,8 @@ def test_sql_acceptor_matches_the_reference(conn: psycopg.Connection) -> None:
             assert got == expected, f"request #{i} {request}"
             seen["kinds"].add(type(got).__name__)
         assert sql_state(conn) == (model.promised(), model.entries())
+        assert conn.execute("SELECT coalesce(lease_until > clock_timestamp(), false) "
+                            "FROM replicate.acceptor").fetchone()[0] == (model.lease_until() > 0)
         seen["examples"] += 1
         seen["requests"] += len(ops)
 
@@ -126,7 +133,7 @@ def test_sql_acceptor_matches_the_reference(conn: psycopg.Connection) -> None:
           f"{seconds:.1f} s")
     # The generator reaches every kind of reply and both fates of a chosen mark (else the
     # comparison proves little).
-    assert seen["kinds"] == {"Promise", "Nack", "Accepted", "Committed", "Fetched"}
+    assert seen["kinds"] == {"Promise", "Nack", "Leased", "Accepted", "Committed", "Fetched"}
     assert seen["kept"] and seen["dropped"] and seen["payload_changed"]
 
 
@@ -233,6 +240,29 @@ def test_acall(fresh_db: list[str]) -> None:
         Fetched(2, (ChosenEntry(2, big), ChosenEntry(3, NOOP))),
         Promise(B2, 2, (AcceptedEntry(2, B1, big, True), AcceptedEntry(3, B1, NOOP, True))),
         Nack(B1, B2)]
+
+
+def test_a_read_lease_refuses_higher_ballots_until_it_ends(conn: psycopg.Connection) -> None:
+    assert call(conn, Prepare(B1, 1)) == Promise(B1, 1, ())
+    assert call(conn, Commit(B1, 0, 400, 17)) == Committed(B1, 0, 400, 17)
+    assert call(conn, Prepare(B2, 1)) == Leased(B2, B1)
+    assert call(conn, Accept(B2, 1, (X,), 0)) == Leased(B2, B1)
+    assert call(conn, Accept(B1, 1, (X,), 0)) == Accepted(B1, 1, 1, 0)  # the holder passes
+    assert call(conn, Commit(B2, 1, 400, 18)) == Committed(B2, 1, 0, 18)  # not its promise
+    assert sql_state(conn) == (B1, {1: AcceptedEntry(1, B1, X)})
+    time.sleep(0.5)
+    assert call(conn, Prepare(B2, 1)) == Promise(B2, 1, (AcceptedEntry(1, B1, X),))
+    # the lease call commits synchronously even where asynchronous commit is the default
+    # (its WAL is flushed when it returns; other processes may write WAL in between: 3 tries)
+    conn.execute("SET synchronous_commit = off")
+    flushed = []
+    for _ in range(3):
+        conn.execute("SELECT * FROM replicate.commit(2, 1, 0, 300)")
+        flushed.append(conn.execute(
+            "SELECT pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()").fetchone()[0])
+    assert any(flushed)
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        call(conn, Commit(B2, 0, 3_600_001))
 
 
 def test_encode_decode_are_pure_and_reject_other_messages() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from replicate.paxos import (
     Acceptor, AcceptorWrite, Ballot, InMemoryAcceptorStorage, Leadership, Replica,
 )
-from replicate.paxos.messages import Accept, Accepted
+from replicate.paxos.messages import Accept, Accepted, Prepare, Promise
 
 
 class ForgetfulStorage(InMemoryAcceptorStorage):
@@ -64,8 +64,20 @@ class MinorityCommitter(Replica):
     leadership_class = MinorityLeadership
 
 
+class PrepareIgnoresLease(Acceptor):
+    """Promises a higher ballot while the read lease of the current holder still runs."""
+
+    def prepare(self, state, req: Prepare):
+        promised = state.promised()
+        if req.ballot < promised:
+            return super().prepare(state, req)
+        write = AcceptorWrite(promise=req.ballot) if req.ballot != promised else AcceptorWrite()
+        return write, Promise(req.ballot, req.from_slot, tuple(state.accepted_from(req.from_slot)))
+
+
 VARIANTS = {
     "promise not persisted": dict(storage_factory=ForgetfulStorage),
+    "prepare ignores the lease": dict(acceptor_rules=PrepareIgnoresLease(), lease=30),
     "accept below promise": dict(acceptor_rules=AcceptBelowPromise()),
     "phase 1 ignores accepted values": dict(replica_class=AmnesiacRecovery),
     "reused ballot": dict(replica_class=BallotReuser),

@@ -22,7 +22,11 @@ Invariants, checked after every event (each violation raises ``Violation``):
 - each replica applies slots in order without gaps, and only globally chosen values (so all
   learners' delivered prefixes agree);
 - each request id is applied at most once per replica (the applier dedupes), every acknowledged
-  request is in the chosen log, and (liveness) every request is applied exactly once everywhere.
+  request is in the chosen log, and (liveness) every request is applied exactly once everywhere;
+- with read leases (``lease`` ticks, as the runtime asks for them: on the leader's heartbeat
+  Commits, stamped with its clock; acceptor clocks run up to 10% fast or slow): while a
+  leader's ``LeaseTracker`` says its lease holds, a majority of acceptors still promise exactly
+  its ballot (so no newer leader can have acknowledged a write).
 
 The trace (every event) is hashed; the same seed gives the same hash.
 """
@@ -37,7 +41,7 @@ from typing import Callable
 
 from replicate.paxos import (
     Accept, Acceptor, Ballot, Config, Envelope, Fetched, HardState, InMemoryAcceptorStorage,
-    Promise, Replica, Role, Value,
+    Commit, Committed, LeaseTracker, Promise, Replica, Role, Value,
 )
 from replicate.paxos.messages import AcceptorRequest
 
@@ -87,7 +91,7 @@ class Sim:
                  replica_class: type[Replica] = Replica,
                  config: Callable[[int], Config] | None = None,
                  fault_ticks: int = 500, settle_ticks: int = 800, requests: int = 150,
-                 client_timeout: int = 40, record: bool = False) -> None:
+                 client_timeout: int = 40, record: bool = False, lease: int = 0) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         r = self.rng
@@ -129,6 +133,11 @@ class Sim:
         self.deaf: int | None = None  # replica cut from the other acceptors after healing
         # acceptors
         self.storages = [storage_factory() for _ in range(self.n)]
+        # read leases: their own generator, so that seeds without them run as they always did
+        self.lease = lease
+        lr = random.Random(f"lease-{seed}")
+        self.clock_rates = [lr.uniform(0.9, 1.1) for _ in range(self.n)]
+        self.leases = [LeaseTracker(self.n) for _ in range(self.n)]
         self.acceptor_down_until = [0] * self.n
         self.max_promise = [Ballot(0, 0)] * self.n
         # replicas
@@ -207,6 +216,9 @@ class Sim:
                 self._crash_replica(i)
                 return
             for env in rd.messages:
+                if self.lease and isinstance(env.msg, Commit):  # what the engine does
+                    env = Envelope(env.src, env.dst, Commit(
+                        env.msg.ballot, env.msg.commit_upto, self.lease, self.now))
                 self._send(env)
             for e in rd.chosen:
                 self._apply(i, e.slot, e.value)
@@ -253,6 +265,17 @@ class Sim:
                 self.fail(f"acceptor {j} marks {value} chosen in slot {slot}, "
                           f"chosen is {self.chosen.get(slot)}")
 
+    def _check_lease(self, i: int) -> None:
+        """A leader whose lease holds still has a majority promising exactly its ballot."""
+        rep = self.replicas[i]
+        if rep is None or rep.role is not Role.LEADER or not self.leases[i].valid(
+                rep.ballot, self.now):
+            return
+        holding = sum(1 for st in self.storages if st.promised() == rep.ballot)
+        if holding < self.majority:
+            self.fail(f"replica {i} holds a read lease under {rep.ballot} at t={self.now}, "
+                      f"but only {holding} acceptors promise it")
+
     def _apply(self, i: int, slot: int, value: Value) -> None:
         sm = self.sms[i]
         if slot != sm.applied_upto + 1:
@@ -291,6 +314,7 @@ class Sim:
                 return
             msg: AcceptorRequest = env.msg  # type: ignore[assignment]
             storage = self.storages[j]
+            storage.clock = int(self.now * self.clock_rates[j])
             write, reply = self.rules.handle(storage, msg)
             storage.apply(write)
             if write.accept is not None:
@@ -303,8 +327,13 @@ class Sim:
             rep = self.replicas[i]
             if rep is None:
                 return
+            if isinstance(env.msg, Committed):
+                self.leases[i].granted(env.src.id, env.msg)
             rep.step(env)
             self._drain(i)
+        if self.lease:
+            for i in range(self.n):
+                self._check_lease(i)
 
     def _faults(self) -> None:
         r, p = self.rng, self.profile
@@ -348,6 +377,7 @@ class Sim:
 
     def _crash_replica(self, i: int) -> None:
         self.replicas[i] = None
+        self.leases[i] = LeaseTracker(self.n)  # its memory is gone
         self.replica_down_until[i] = self.now + self._downtime()
         self._log(f"crash r{i}")
 
