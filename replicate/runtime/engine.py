@@ -562,19 +562,30 @@ class Engine:
         An index taken before t, or confirmed by a round sent before t, has no such argument:
         a newer leader could have acknowledged writes in between.
         """
-        rep = self.replica
-        if rep is not None and rep.role is Role.LEADER and self.lease.valid(rep.ballot, _now_ms()):
-            index, recovered = rep.commit_index, rep.recovered_upto
-            if index is not None and index >= (recovered or 0):
-                # The lease replaces the round: a majority keeps our promise until after now,
-                # so no newer leader can have acknowledged anything (lease.py); the index is
-                # taken now, after the read arrived.
-                self.lease_reads += 1
-                return index
+        index = self.lease_read_index()
+        if index is not None:
+            return index
         fut = asyncio.get_running_loop().create_future()
         if self._leader_reads.arrive(fut):
             self._spawn_read_task(self._leader_rounds())
         return await fut
+
+    def lease_read_index(self) -> int | None:
+        """At a leader holding a read lease: a read index for a read arriving now, without a
+        round (counted in ``lease_reads``). None when there is no valid lease or this leader
+        has not yet committed what it recovered."""
+        rep = self.replica
+        if rep is None or rep.role is not Role.LEADER or not self.lease.valid(rep.ballot,
+                                                                             _now_ms()):
+            return None
+        index, recovered = rep.commit_index, rep.recovered_upto
+        if index is None or index < (recovered or 0):
+            return None
+        # The lease replaces the round: a majority keeps our promise until after now, so no
+        # newer leader can have acknowledged anything (lease.py); the index is taken now,
+        # after the read arrived.
+        self.lease_reads += 1
+        return index
 
     def _spawn_read_task(self, coro) -> None:
         task = asyncio.create_task(coro)

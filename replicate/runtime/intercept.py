@@ -335,6 +335,8 @@ class ReplicateHooks(Hooks):
             state.portals[message.portal] = (stmt, message)
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
+                if self._read_ready(session, state):
+                    return Action.FORWARD
                 return self._bind_read(session)
             if isinstance(stmt.decision, Replicate) and not state.mid_batch \
                     and session.transaction_status != "E" \
@@ -422,6 +424,24 @@ class ReplicateHooks(Hooks):
                 and asyncio.get_running_loop().time() - state.facts_at < FACTS_MAX_AGE
                 and all(facts.get(name) == session.parameters.get(name, facts.get(name))
                         for name in _REPORTED))
+
+    def _read_ready(self, session: Session, state: _SessionState) -> bool:
+        """Whether a read may go to the node at once, decided without awaiting: the facts
+        are current and its consistency asks for nothing the local node lacks (``local``; a
+        ``session`` read whose last write is applied; a ``linearizable`` read at a leader
+        holding a read lease, its index applied). Else ``_bind_read`` decides, awaiting."""
+        catalog = self.catalogs.catalog if self.catalogs is not None else None
+        if state.mid_batch or state.facts_catalog is not catalog \
+                or not self._facts_current(session, state):
+            return False
+        mode = self._consistency(state.facts)
+        if mode == "local":
+            return True
+        engine = self.engine
+        if mode == "session":
+            return state.last_write_slot <= engine.applied_upto
+        index = engine.lease_read_index()
+        return index is not None and index <= engine.applied_upto
 
     def _consistency(self, facts: dict[str, str | None]) -> str:
         value = facts.get(SETTING) or self.default_consistency

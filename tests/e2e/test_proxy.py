@@ -173,6 +173,31 @@ def test_write_on_one_node_read_linearizably_on_another(proxied) -> None:
                                   [i]).fetchone() == (1,)
 
 
+def test_prepared_reads_through_every_proxy_see_writes_through_another(proxied) -> None:
+    """Prepared reads (Bind of a kept statement: the path that may go to the node without
+    awaiting anything) through each proxy, the leader included, see a write acknowledged just
+    before through another proxy (linearizable), or through the same one (session)."""
+    names = [n.name for n in proxied.nodes]
+    key = 1200  # ids 1201..1260: no other test here uses them
+    for reader_name in names:
+        writer_name = next(n for n in names if n != reader_name)
+        with psycopg.connect(proxy_dsn(proxied, writer_name), autocommit=True) as writer, \
+                psycopg.connect(proxy_dsn(proxied, reader_name), autocommit=True) as reader:
+            for _ in range(15):
+                key += 1
+                writer.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'p', 0)",
+                               [key])
+                assert reader.execute("SELECT count(*) FROM accounts WHERE id = %s", [key],
+                                      prepare=True).fetchone() == (1,), (reader_name, key)
+            reader.execute("SET replicate.read_consistency = session")
+            for _ in range(5):
+                key += 1
+                reader.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 's', 0)",
+                               [key])
+                assert reader.execute("SELECT count(*) FROM accounts WHERE id = %s", [key],
+                                      prepare=True).fetchone() == (1,), (reader_name, key)
+
+
 # One statement per refusal class of the gate (replicate.gate.REASONS).
 REFUSALS = {
     "syntax": "INSERT INTO accounts VALUES (",
