@@ -310,7 +310,7 @@ class ReplicateHooks(Hooks):
         state.mid_batch = session.in_batch and t is not m.Query
         if t is m.Query:
             if self._may_matter(message.sql):
-                return self._query(session, message.sql)
+                return self._query_now(session, state, message.sql)
             return Action.FORWARD
         if t is m.Parse:
             if self._may_matter(message.sql):
@@ -481,14 +481,39 @@ class ReplicateHooks(Hooks):
         return outcome
 
     # ---------------------------------------------------------------- simple protocol
-    async def _query(self, session: Session, sql: str) -> Action:
+    def _query_now(self, session: Session, state: _SessionState, sql: str) -> Any:
+        """A Query that mentions registered tables: classified at once when the catalog and the
+        session's facts are current, and forwarded without awaiting anything when it only
+        reads and its reads are ready (``_read_ready``); else ``_query`` (a coroutine) with
+        the decisions made here, if any."""
+        catalog = self.catalogs.current() if self.catalogs is not None else None
+        if catalog is None or state.mid_batch or state.facts_catalog is not catalog \
+                or not self._facts_current(session, state) \
+                or _consistency_statement(sql) is not None:
+            return self._query(session, sql)
+        facts = state.facts
+        decisions = classify(sql, catalog, search_path=facts["schemas"] or ("public",),
+                             now=dt.datetime.now(dt.timezone.utc), rng=self._rng,
+                             resolved=facts.get("resolved"))
+        kinds = {type(d) for d in decisions}
+        if kinds <= {Read, Relay} and (Read not in kinds or self._read_ready(session, state)):
+            if all(isinstance(d, Read) and d.pure for d in decisions if sql[d.start:d.end].strip()):
+                self._pure_execution(session)  # only reads that cannot change the settings
+            return Action.FORWARD
+        return self._query(session, sql, (decisions, facts))
+
+    async def _query(self, session: Session, sql: str,
+                     classified: tuple[list, dict] | None = None) -> Action:
         special = _consistency_statement(sql)
         if special is not None:
             return await self._consistency_query(session, special)
-        try:
-            decisions, facts, _ = await self._classify(session, sql)
-        except ReplicateError as exc:
-            return await self._refuse_query(session, exc.sqlstate, exc.message, exc.hint)
+        if classified is not None:
+            decisions, facts = classified
+        else:
+            try:
+                decisions, facts, _ = await self._classify(session, sql)
+            except ReplicateError as exc:
+                return await self._refuse_query(session, exc.sqlstate, exc.message, exc.hint)
         refused = next((d for d in decisions if isinstance(d, Refuse)), None)
         if refused is not None:
             err = refused.error
