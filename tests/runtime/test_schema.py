@@ -16,7 +16,7 @@ TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "re
           "registered_tables", "members", "sequence_state", "check_results",
           "check_rows"}
 FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard", "apply_begin",
-             "apply_finish", "track_sequences"}
+             "apply_finish", "track_sequences", "mark_chosen"}
 
 # Everything in schema replicate that an install could change: relations with their columns,
 # indexes, constraints, and function bodies.
@@ -59,7 +59,7 @@ def test_install_on_a_fresh_database(fresh_db: list[str]) -> None:
         functions = {r[0] for r in conn.execute(
             "SELECT proname FROM pg_proc WHERE pronamespace = 'replicate'::regnamespace")}
         assert functions == FUNCTIONS
-        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 0, 0, None)]
+        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 0, 0, None, None, None, None)]
         assert conn.execute("SELECT * FROM replicate.applied").fetchall() == [(True, 0)]
         assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'log_unchosen'"
                             ).fetchone()[0].endswith("WHERE (NOT chosen)")
@@ -76,7 +76,7 @@ def test_install_twice_changes_nothing(fresh_db: list[str]) -> None:
         before = conn.execute(CATALOG_SNAPSHOT).fetchall()
         assert schema.install(conn) == SCHEMA_VERSION
         assert conn.execute(CATALOG_SNAPSHOT).fetchall() == before
-        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 7, 2, None)]
+        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 7, 2, None, None, None, None)]
         assert conn.execute("SELECT count(*) FROM replicate.log").fetchone() == (1,)
 
 
