@@ -449,7 +449,14 @@ class Engine:
     async def submit(self, entry: Entry, *, request_id: str | None = None,
                      timeout: float | None = None) -> Outcome:
         """Append ``entry`` to the log; return its outcome on the local node once applied."""
-        return await self.submit_payload(entry.encode(), request_id=request_id, timeout=timeout)
+        payload = entry.encode()
+        submitted = self.applier.submitted  # decoding the payload would give ``entry`` back
+        submitted[payload] = entry
+        try:
+            return await self.submit_payload(payload, request_id=request_id, timeout=timeout)
+        finally:
+            if submitted.get(payload) is entry:
+                del submitted[payload]
 
     async def submit_payload(self, payload: bytes, *, request_id: str | None = None,
                              timeout: float | None = None) -> Outcome:
