@@ -38,6 +38,7 @@ share one request (``_ask_leader_read_index``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -103,6 +104,41 @@ class EngineSettings:
     leader_read_timeout_s: float = 2.0  # a follower's read-index request to the leader
 
 
+class _Mailbox:
+    """The driver's events: ``asyncio.Queue``'s ``put_nowait``/``get``/``get_nowait`` for one
+    consumer and no bound, without the queue's waiter bookkeeping (three or four events per
+    write at the leader; docs/decisions.md, "Leader proxy CPU per write")."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class Engine:
     """See the module docstring."""
 
@@ -120,7 +156,7 @@ class Engine:
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
         self.replica: Replica | None = None
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events = _Mailbox()
         self._tasks: list[asyncio.Task] = []
         self.links = [AcceptorLink(i, n.dsn, self._on_acceptor_reply,
                                    connect_timeout=settings.connect_timeout_s,
@@ -266,11 +302,11 @@ class Engine:
                             fut.set_result(outcome)
                 except (ValueError, TypeError) as exc:  # a malformed message from outside
                     log.warning("%s: dropped event %s: %s", self.name, kind, exc)
-                try:
-                    kind, item = self._events.get_nowait()
-                except asyncio.QueueEmpty:
+                if not self._events:
                     break
-            await self._perform_ready(rep)
+                kind, item = self._events.get_nowait()
+            if rep.has_ready():
+                await self._perform_ready(rep)
             self._observe_leadership(rep)
 
     async def _perform_ready(self, rep: Replica) -> None:
