@@ -104,6 +104,31 @@ class EngineSettings:
     leader_read_timeout_s: float = 2.0  # a follower's read-index request to the leader
 
 
+async def _result_within(waiter: asyncio.Future, timeout: float) -> Any:
+    """``waiter``'s result, or ``asyncio.TimeoutError`` after ``timeout`` seconds.
+
+    ``asyncio.wait_for(asyncio.shield(waiter), timeout)`` without its task, shield future and
+    two extra event-loop passes per write: ``waiter`` (shared by retries of one request id) is
+    never cancelled, also not when the caller is."""
+    if not waiter.done():
+        loop = asyncio.get_running_loop()
+        wake = loop.create_future()
+
+        def ready(_: Any = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+        waiter.add_done_callback(ready)
+        timer = loop.call_later(timeout, ready)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            waiter.remove_done_callback(ready)
+        if not waiter.done():
+            raise asyncio.TimeoutError
+    return waiter.result()
+
+
 class _Mailbox:
     """The driver's events: ``asyncio.Queue``'s ``put_nowait``/``get``/``get_nowait`` for one
     consumer and no bound, without the queue's waiter bookkeeping (three or four events per
@@ -516,8 +541,8 @@ class Engine:
                 if remaining <= 0:
                     break
                 try:
-                    return await asyncio.wait_for(
-                        asyncio.shield(waiter), min(self.settings.retry_interval_s, remaining))
+                    return await _result_within(
+                        waiter, min(self.settings.retry_interval_s, remaining))
                 except asyncio.TimeoutError:
                     if loop.time() >= deadline:
                         break
