@@ -294,6 +294,7 @@ class Applier:
         # while it waits for it): the pipelined path takes the entry instead of decoding the
         # payload it was encoded into (docs/decisions.md, "Leader proxy CPU per write").
         self.submitted: dict[bytes, Entry] = {}
+        self._preludes: dict[tuple, Query] = {}  # (role, settings) -> its settings query
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -342,6 +343,17 @@ class Applier:
                                                   application_name="replicate applier")
         return self._pq
 
+    def _prelude_query(self, key: tuple, entry: Entry) -> Query:
+        """The settings query of ``entry`` (``key``: its role and settings), built once per key:
+        nearly every entry carries the same ones."""
+        query = self._preludes.get(key)
+        if query is None:
+            if len(self._preludes) >= 64:
+                self._preludes.clear()
+            query = self._preludes[key] = Query(
+                _PRELUDE, tuple(v.encode() for v in _prelude_params(entry)))
+        return query
+
     async def _apply_pipelined(self, entries: Sequence[ChosenEntry],
                                decoded: list[Entry | None]) -> list[Outcome]:
         """The common case in two round trips (sql/006_apply.sql): no savepoints, no lookups.
@@ -366,7 +378,7 @@ class Applier:
                 continue
             if (entry.role, entry.settings) != key:
                 key = (entry.role, entry.settings)
-                queries.append(Query(_PRELUDE, [v.encode() for v in _prelude_params(entry)]))
+                queries.append(self._prelude_query(key, entry))
             where.append(len(queries))
             queries.append(Query(entry.sql, [p.value for p in entry.params],
                                  [p.type_oid for p in entry.params],
