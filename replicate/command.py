@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FORMAT_VERSION = 1
+# json.dumps with arguments builds a new encoder per call (about half of what encoding an
+# entry costs); one encoder, configured once, serves every entry.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 # Session settings that change what a statement computes; an entry carries their values.
 RESULT_SETTINGS = ("search_path", "TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
@@ -110,7 +113,7 @@ class Entry:
             doc["binary_results"] = True
         if self.control:
             doc["control"] = list(self.control)
-        return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        return _ENCODER.encode(doc).encode()
 
     @classmethod
     def decode(cls, payload: bytes) -> "Entry":

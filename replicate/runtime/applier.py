@@ -85,6 +85,9 @@ _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
 # transactional, see sql/003_sequences.sql) and the applied slot, in the transaction that
 # applied the batch.
 _FINISH = "SELECT replicate.apply_finish($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+_FINISH_TYPES = (INT8_OID, INT8_ARRAY_OID) + (TEXT_ARRAY_OID,) * 3 + (INT8_ARRAY_OID,) \
+    + (TEXT_ARRAY_OID,) * 4 + (BYTEA_ARRAY_OID,)
+_FINISH_FORMATS = (1,) * len(_FINISH_TYPES)
 
 
 CHECK_BUCKETS = 256        # key-hash buckets per table in a consistency check
@@ -196,9 +199,11 @@ def _parse_context(entry: Entry) -> tuple:
     return (entry.role, entry.settings)
 
 
-def _decode(entries: Sequence[ChosenEntry]) -> list[Entry | None] | None:
+def _decode(entries: Sequence[ChosenEntry],
+            known: dict[bytes, Entry] | None = None) -> list[Entry | None] | None:
     """The entries of a batch the pipelined path can apply (None for a no-op), or None if the
-    batch needs the careful path: a control entry, a request id twice, undecodable bytes."""
+    batch needs the careful path: a control entry, a request id twice, undecodable bytes.
+    ``known`` maps payloads to the entries they encode (``Applier.submitted``)."""
     out: list[Entry | None] = []
     ids: set[str] = set()
     for chosen in entries:
@@ -209,10 +214,12 @@ def _decode(entries: Sequence[ChosenEntry]) -> list[Entry | None] | None:
         if value.request_id in ids:
             return None
         ids.add(value.request_id)
-        try:
-            entry = Entry.decode(value.payload)
-        except ValueError:
-            return None
+        entry = known.get(value.payload) if known else None
+        if entry is None:
+            try:
+                entry = Entry.decode(value.payload)
+            except ValueError:
+                return None
         if entry.kind is EntryKind.CONTROL:
             return None
         out.append(entry)
@@ -259,9 +266,7 @@ def _finish_query(last_slot: int, records: list[_Record]) -> Query:
         _texts([o.sqlstate for o in outs]), _texts([o.message for o in outs]),
         _texts([o.detail for o in outs]), _texts([o.hint for o in outs]),
         pqconn.array(BYTEA_OID, [r.digest for r in records]))
-    types = (INT8_OID, INT8_ARRAY_OID) + (TEXT_ARRAY_OID,) * 3 + (INT8_ARRAY_OID,) \
-        + (TEXT_ARRAY_OID,) * 4 + (BYTEA_ARRAY_OID,)
-    return Query(_FINISH, params, types, (1,) * len(params))
+    return Query(_FINISH, params, _FINISH_TYPES, _FINISH_FORMATS)
 
 
 def _finish_params(last_slot: int, records: list[_Record]) -> list[Any]:
@@ -285,6 +290,11 @@ class Applier:
         self._conn: psycopg.AsyncConnection | None = None  # careful path, opened when needed
         self._pq: PqConnection | None = None               # pipelined path
         self._session_key: tuple | None = None
+        # Entries submitted through this proxy, by payload (``Engine.submit`` keeps one here
+        # while it waits for it): the pipelined path takes the entry instead of decoding the
+        # payload it was encoded into (docs/decisions.md, "Leader proxy CPU per write").
+        self.submitted: dict[bytes, Entry] = {}
+        self._preludes: dict[tuple, Query] = {}  # (role, settings) -> its settings query
 
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
@@ -308,7 +318,7 @@ class Applier:
     async def apply(self, entries: Sequence[ChosenEntry]) -> list[Outcome]:
         """Apply ``entries`` (consecutive slots, the first one right after the applied slot)."""
         try:
-            decoded = _decode(entries)
+            decoded = _decode(entries, self.submitted)
             if decoded is not None:
                 try:
                     return await self._apply_pipelined(entries, decoded)
@@ -332,6 +342,17 @@ class Applier:
             self._pq = await PqConnection.connect(self.dsn, connect_timeout=self.connect_timeout,
                                                   application_name="replicate applier")
         return self._pq
+
+    def _prelude_query(self, key: tuple, entry: Entry) -> Query:
+        """The settings query of ``entry`` (``key``: its role and settings), built once per key:
+        nearly every entry carries the same ones."""
+        query = self._preludes.get(key)
+        if query is None:
+            if len(self._preludes) >= 64:
+                self._preludes.clear()
+            query = self._preludes[key] = Query(
+                _PRELUDE, tuple(v.encode() for v in _prelude_params(entry)))
+        return query
 
     async def _apply_pipelined(self, entries: Sequence[ChosenEntry],
                                decoded: list[Entry | None]) -> list[Outcome]:
@@ -357,7 +378,7 @@ class Applier:
                 continue
             if (entry.role, entry.settings) != key:
                 key = (entry.role, entry.settings)
-                queries.append(Query(_PRELUDE, [v.encode() for v in _prelude_params(entry)]))
+                queries.append(self._prelude_query(key, entry))
             where.append(len(queries))
             queries.append(Query(entry.sql, [p.value for p in entry.params],
                                  [p.type_oid for p in entry.params],

@@ -40,6 +40,7 @@ share one request (``_ask_leader_read_index``).
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import json
 import logging
@@ -109,6 +110,66 @@ class EngineSettings:
     read_lease_ms: int = 500
 
 
+async def _result_within(waiter: asyncio.Future, timeout: float) -> Any:
+    """``waiter``'s result, or ``asyncio.TimeoutError`` after ``timeout`` seconds.
+
+    ``asyncio.wait_for(asyncio.shield(waiter), timeout)`` without its task, shield future and
+    two extra event-loop passes per write: ``waiter`` (shared by retries of one request id) is
+    never cancelled, also not when the caller is."""
+    if not waiter.done():
+        loop = asyncio.get_running_loop()
+        wake = loop.create_future()
+
+        def ready(_: Any = None) -> None:
+            if not wake.done():
+                wake.set_result(None)
+        waiter.add_done_callback(ready)
+        timer = loop.call_later(timeout, ready)
+        try:
+            await wake
+        finally:
+            timer.cancel()
+            waiter.remove_done_callback(ready)
+        if not waiter.done():
+            raise asyncio.TimeoutError
+    return waiter.result()
+
+
+class _Mailbox:
+    """The driver's events: ``asyncio.Queue``'s ``put_nowait``/``get``/``get_nowait`` for one
+    consumer and no bound, without the queue's waiter bookkeeping (three or four events per
+    write at the leader; docs/decisions.md, "Leader proxy CPU per write")."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: collections.deque = collections.deque()
+        self._waiter: asyncio.Future | None = None
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put_nowait(self, item: Any) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+
 class Engine:
     """See the module docstring."""
 
@@ -126,7 +187,7 @@ class Engine:
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
         self.replica: Replica | None = None
-        self._events: asyncio.Queue = asyncio.Queue()
+        self._events = _Mailbox()
         self._tasks: list[asyncio.Task] = []
         self.links = [AcceptorLink(i, n.dsn, self._on_acceptor_reply,
                                    connect_timeout=settings.connect_timeout_s,
@@ -276,11 +337,11 @@ class Engine:
                             fut.set_result(outcome)
                 except (ValueError, TypeError) as exc:  # a malformed message from outside
                     log.warning("%s: dropped event %s: %s", self.name, kind, exc)
-                try:
-                    kind, item = self._events.get_nowait()
-                except asyncio.QueueEmpty:
+                if not self._events:
                     break
-            await self._perform_ready(rep)
+                kind, item = self._events.get_nowait()
+            if rep.has_ready():
+                await self._perform_ready(rep)
             self._observe_leadership(rep)
 
     async def _perform_ready(self, rep: Replica) -> None:
@@ -464,7 +525,14 @@ class Engine:
     async def submit(self, entry: Entry, *, request_id: str | None = None,
                      timeout: float | None = None) -> Outcome:
         """Append ``entry`` to the log; return its outcome on the local node once applied."""
-        return await self.submit_payload(entry.encode(), request_id=request_id, timeout=timeout)
+        payload = entry.encode()
+        submitted = self.applier.submitted  # decoding the payload would give ``entry`` back
+        submitted[payload] = entry
+        try:
+            return await self.submit_payload(payload, request_id=request_id, timeout=timeout)
+        finally:
+            if submitted.get(payload) is entry:
+                del submitted[payload]
 
     async def submit_payload(self, payload: bytes, *, request_id: str | None = None,
                              timeout: float | None = None) -> Outcome:
@@ -488,8 +556,8 @@ class Engine:
                 if remaining <= 0:
                     break
                 try:
-                    return await asyncio.wait_for(
-                        asyncio.shield(waiter), min(self.settings.retry_interval_s, remaining))
+                    return await _result_within(
+                        waiter, min(self.settings.retry_interval_s, remaining))
                 except asyncio.TimeoutError:
                     if loop.time() >= deadline:
                         break

@@ -30,8 +30,7 @@ import asyncio
 import os
 import struct
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import psycopg
 from psycopg import pq
@@ -44,9 +43,11 @@ INT4_OID, INT8_OID, TEXT_OID, BYTEA_OID = 23, 20, 25, 17
 TEXT_ARRAY_OID, BYTEA_ARRAY_OID, INT8_ARRAY_OID = 1009, 1001, 1016
 
 
-@dataclass(frozen=True, slots=True)
-class Query:
-    """One statement with its parameters already encoded (``None`` is SQL NULL)."""
+class Query(NamedTuple):
+    """One statement with its parameters already encoded (``None`` is SQL NULL).
+
+    A named tuple rather than a frozen dataclass: several are built per write on the hot path,
+    and a tuple is built in a third of the time."""
 
     sql: str
     params: Sequence[bytes | None] = ()
@@ -59,22 +60,31 @@ class Query:
 
 
 # -- binary encoding of the parameter types the engine uses ---------------------------------
+_INT8, _INT4 = struct.Struct("!q"), struct.Struct("!i")
+_ARRAY_EMPTY, _ARRAY_HEAD = struct.Struct("!iii"), struct.Struct("!iiiii")
+_NULL = b"\xff\xff\xff\xff"
+
+
 def int8(value: int) -> bytes:
-    return struct.pack("!q", value)
+    return _INT8.pack(value)
 
 
 def int4(value: int) -> bytes:
-    return struct.pack("!i", value)
+    return _INT4.pack(value)
 
 
 def array(element_oid: int, items: Sequence[bytes | None]) -> bytes:
     """A one-dimensional array in PostgreSQL's binary format."""
     if not items:
-        return struct.pack("!iii", 0, 0, element_oid)
-    has_null = any(x is None for x in items)
-    parts = [struct.pack("!iiiii", 1, int(has_null), element_oid, len(items), 1)]
+        return _ARRAY_EMPTY.pack(0, 0, element_oid)
+    parts = [_ARRAY_HEAD.pack(1, int(None in items), element_oid, len(items), 1)]
+    length = _INT4.pack
     for x in items:
-        parts.append(b"\xff\xff\xff\xff" if x is None else struct.pack("!i", len(x)) + x)
+        if x is None:
+            parts.append(_NULL)
+        else:
+            parts.append(length(len(x)))
+            parts.append(x)
     return b"".join(parts)
 
 
@@ -96,6 +106,8 @@ class PqConnection:
         self._waiter: asyncio.Future | None = None
         self._writable: asyncio.Future | None = None  # while _flush waits for the socket
         self._failure: BaseException | None = None
+        self._running = False  # a run is reading its results (see _poke)
+        self._poke_timer: asyncio.TimerHandle | None = None
         self._prepared: OrderedDict[tuple, bytes] = OrderedDict()  # (sql, types) -> name
         self._to_close: list[bytes] = []
         self._names = 0
@@ -181,42 +193,68 @@ class PqConnection:
             pg.send_close_prepared(name)
             expected.append(False)
         self._to_close = []
+        prepared = self._prepared
         for q in queries:
             key = (q.sql, tuple(q.types), q.parse_context)  # fixed when it is prepared
-            name = self._prepared.get(key)
+            name = prepared.get(key)
             if name is None:
                 self._names += 1
                 name = b"r%d" % self._names
                 pg.send_prepare(name, q.sql.encode(self.encoding), q.types or None)
                 expected.append(False)
-                self._prepared[key] = name
+                prepared[key] = name
                 fresh.append(key)
-                if len(self._prepared) > self.max_prepared:
-                    _, old = self._prepared.popitem(last=False)
+                if len(prepared) > self.max_prepared:
+                    _, old = prepared.popitem(last=False)
                     self._to_close.append(old)
             else:
-                self._prepared.move_to_end(key)
+                prepared.move_to_end(key)
             pg.send_query_prepared(name, q.params or None, q.formats or None,
                                    1 if q.binary_results else 0)
             expected.append(True)
         pg.pipeline_sync()
-        await self._flush()
-        results: list[pq.abc.PGresult] = []
-        error: pq.abc.PGresult | None = None
-        for wanted in expected:
-            result = await self._next_result()
-            status = result.status
-            if status == _EXEC.FATAL_ERROR and error is None:
-                error = result
-            if wanted:
-                results.append(result)
-            await self._end_of_query()
-        sync = await self._next_result()
+        if pg.flush():
+            await self._flush()
+        # Results are read inline, waiting only while libpq is busy: they mostly arrive
+        # together, and a coroutine per result or a timer per wait cost more than reading them
+        # (docs/decisions.md, "Leader proxy CPU per write"). One poke timer covers the run.
+        self._running = True
+        try:
+            results: list[pq.abc.PGresult] = []
+            error: pq.abc.PGresult | None = None
+            for wanted in expected:
+                if pg.is_busy():
+                    await self._until_not_busy()
+                result = pg.get_result()
+                if result is None:
+                    raise psycopg.OperationalError("pipeline out of step: no result where one "
+                                                   "was due")
+                if result.status == _EXEC.FATAL_ERROR and error is None:
+                    error = result
+                if wanted:
+                    results.append(result)
+                # the NULL that ends this query's results
+                if pg.is_busy():
+                    await self._until_not_busy()
+                extra = pg.get_result()
+                if extra is not None:
+                    raise psycopg.OperationalError("pipeline out of step: a query returned "
+                                                   f"several results ({_EXEC(extra.status).name})")
+            if pg.is_busy():
+                await self._until_not_busy()
+            sync = pg.get_result()
+        finally:
+            self._running = False
+            if self._poke_timer is not None:
+                self._poke_timer.cancel()
+                self._poke_timer = None
+        if sync is None:
+            raise psycopg.OperationalError("pipeline out of step: no result where one was due")
         if sync.status != _EXEC.PIPELINE_SYNC:
             raise psycopg.OperationalError(f"pipeline out of step: got {_EXEC(sync.status).name}")
         if error is not None:
             for key in fresh:  # a statement prepared in a failed pipeline may not exist
-                self._prepared.pop(key, None)
+                prepared.pop(key, None)
             raise error_from_result(error, encoding=self.encoding)
         return results
 
@@ -234,51 +272,39 @@ class PqConnection:
                 if self._fd == fd:  # else _stop_reading removed it and closed fd
                     self._loop.remove_writer(fd)
 
-    async def _wait(self) -> None:
-        if self._failure is not None:
-            raise self._failure
-        self._waiter = self._loop.create_future()
-        poke = self._loop.call_later(POKE_S, self._poke)
-        try:
-            await self._waiter
-        finally:
-            poke.cancel()
-            self._waiter = None
+    async def _until_not_busy(self) -> None:
+        """Wait until libpq can hand out the next result (or the NULL that ends a query's)."""
+        if self._poke_timer is None:
+            self._poke_timer = self._loop.call_later(POKE_S, self._poke)
+        while self._pg.is_busy():
+            if self._failure is not None:
+                raise self._failure
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
 
     def _poke(self) -> None:
-        """A wait got no wake-up for POKE_S: read as if woken, and watch the socket afresh.
+        """A run got no wake-up for POKE_S: read as if woken, and watch the socket afresh.
 
         The event loop's interest list was seen to lose a connection's socket (an applier
         waiting forever after its node was SIGKILLed and restarted, the socket open and not
         watched). Whatever drops the watch, a waiting connection finds out within POKE_S
-        seconds: it reads what arrived (or the end of the stream) and registers again.
+        seconds: it reads what arrived (or the end of the stream) and registers again. One
+        timer per ``run`` that had to wait (not one per wait): it fires every POKE_S while the
+        run lasts.
         """
-        if self._waiter is None or self._waiter.done():
+        self._poke_timer = None
+        if not self._running:
             return
-        self._on_readable()
-        if self._waiter is not None and not self._waiter.done() and self._fd >= 0:
-            try:
-                self._loop.remove_reader(self._fd)
-            except (ValueError, OSError):
-                pass
-            self._loop.add_reader(self._fd, self._on_readable)
-            self._loop.call_later(POKE_S, self._poke)
-
-    async def _next_result(self) -> pq.abc.PGresult:
-        while True:
-            if not self._pg.is_busy():
-                result = self._pg.get_result()
-                if result is not None:
-                    return result
-                raise psycopg.OperationalError("pipeline out of step: no result where one "
-                                               "was due")
-            await self._wait()
-
-    async def _end_of_query(self) -> None:
-        """Consume the NULL that ends one query's results in a pipeline."""
-        while self._pg.is_busy():
-            await self._wait()
-        extra = self._pg.get_result()
-        if extra is not None:
-            raise psycopg.OperationalError("pipeline out of step: a query returned several "
-                                           f"results ({_EXEC(extra.status).name})")
+        if self._waiter is not None and not self._waiter.done():
+            self._on_readable()
+            if self._waiter is not None and not self._waiter.done() and self._fd >= 0:
+                try:
+                    self._loop.remove_reader(self._fd)
+                except (ValueError, OSError):
+                    pass
+                self._loop.add_reader(self._fd, self._on_readable)
+        if self._running and self._fd >= 0:
+            self._poke_timer = self._loop.call_later(POKE_S, self._poke)

@@ -120,6 +120,24 @@ def test_a_plain_batch_is_pipelined_and_recorded(node) -> None:
             (4, "ok", 0, False)]
 
 
+def test_an_entry_submitted_here_is_applied_without_decoding_its_payload(node) -> None:
+    # Engine.submit keeps the entry it encoded in ``Applier.submitted``; the pipelined path
+    # takes it from there. A payload nobody could decode shows which one was used.
+    entry = Entry("INSERT INTO t VALUES ($1, 'kept')", (Param(b"9"),))
+
+    async def run():
+        applier = Applier(node, apply_timeout_ms=1000)
+        applier.submitted[b"not an encoded entry"] = entry
+        try:
+            return await applier.apply([ChosenEntry(1, Value("a", b"not an encoded entry"))])
+        finally:
+            await applier.close()
+    (outcome,) = asyncio.run(run())
+    assert (outcome.status, outcome.command_tag) == (Status.OK, "INSERT 0 1")
+    with psycopg.connect(node) as conn:
+        assert conn.execute("SELECT id, v FROM t").fetchall() == [(9, "kept")]
+
+
 def test_pipelined_batch_falls_back_on_an_error_and_on_a_repeat(node) -> None:
     insert = "INSERT INTO t VALUES ($1, $2)"
     batches = [[chosen(1, "a", insert, b"1", b"one")],

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 
-from replicate.command import Outcome, Status
+from replicate.command import Entry, Outcome, Param, Status
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.paxos.messages import ChosenEntry, Value
+from replicate.runtime.applier import Applier
 from replicate.runtime.engine import Engine, EngineSettings
 
 
@@ -89,4 +90,19 @@ def test_without_linger_every_wakeup_applies() -> None:
         await settle()
         assert applier.batches == [[1], [2]]
         task.cancel()
+    asyncio.run(run())
+
+
+def test_an_entry_is_known_to_the_applier_while_it_is_submitted() -> None:
+    # so that this proxy's applier takes the entry instead of decoding its payload again
+    async def run() -> None:
+        eng, _ = engine(linger=600)
+        eng.applier = Applier("host=127.0.0.1 port=9 dbname=x2")
+        entry = Entry("INSERT INTO t VALUES ($1)", (Param(b"1"),))
+        submit = asyncio.ensure_future(eng.submit(entry))
+        await settle()
+        assert eng.applier.submitted == {entry.encode(): entry}
+        submit.cancel()
+        await asyncio.gather(submit, return_exceptions=True)
+        assert eng.applier.submitted == {}
     asyncio.run(run())
