@@ -1,13 +1,16 @@
-"""PeerLink: frames to another proxy, queued heartbeats coalesced, everything queued in one write."""
+"""PeerLink: frames to another proxy, queued heartbeats coalesced, everything queued in one
+write. AcceptorLink: a call without a reply in time fails, and the link recovers."""
 
 from __future__ import annotations
 
 import asyncio
 
+import psycopg
+
 from replicate.paxos.ballot import Ballot
-from replicate.paxos.messages import Forward, Heartbeat, Value
-from replicate.runtime import peerwire
-from replicate.runtime.links import PeerLink
+from replicate.paxos.messages import Commit, Committed, Forward, Heartbeat, Prepare, Promise, Value
+from replicate.runtime import peerwire, schema
+from replicate.runtime.links import AcceptorLink, PeerLink
 
 
 def test_peer_link_coalesces_heartbeats_and_keeps_order() -> None:
@@ -52,3 +55,36 @@ def test_peer_link_coalesces_heartbeats_and_keeps_order() -> None:
     got, _ = asyncio.run(scenario())
     assert got == [peerwire.Hello(0), Forward(Value("a", b"1")), Heartbeat(b1, 3),
                    Heartbeat(b2, 3), Forward(Value("b", b"2")), Heartbeat(b2, 4)]
+
+
+def test_acceptor_link_times_out_a_blocked_call_and_recovers(fresh_db: list[str]) -> None:
+    """A call that gets no reply within request_timeout fails with TimeoutError, the link
+    drops that connection, and the next call goes through on a fresh one."""
+    b = Ballot(1, 0)
+    with psycopg.connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+
+    async def scenario() -> tuple:
+        link = AcceptorLink(0, fresh_db[0], lambda i, r: None, request_timeout=0.5)
+        link.start()
+        try:
+            first = await link.call(Prepare(b, 1))
+            holder = await psycopg.AsyncConnection.connect(fresh_db[0])
+            await holder.execute("SELECT * FROM replicate.acceptor FOR UPDATE")  # blocks calls
+            try:
+                await link.call(Commit(b, 0))
+                blocked = None
+            except TimeoutError as exc:
+                blocked = exc
+            error = link.last_error
+            await holder.rollback()
+            await holder.close()
+            after = await link.call(Commit(b, 0))
+            return first, blocked, error, after, link.connected
+        finally:
+            await link.stop()
+
+    first, blocked, error, after, connected = asyncio.run(scenario())
+    assert isinstance(first, Promise)
+    assert isinstance(blocked, TimeoutError) and "no reply within 0.5 s" in error
+    assert after == Committed(b, 0) and connected
