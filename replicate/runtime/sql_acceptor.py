@@ -15,8 +15,8 @@ request         SQL                                                   reply
 ``Accept``      ``replicate.accept(round, proposer, first_slot,       ``Accepted | Nack |
                                                                       Leased``
                 request_ids[], payloads[], commit_upto)``
-``Commit``      ``replicate.commit(round, proposer, commit_upto)``    ``Committed | Nack``
-                (with a lease: ``..., commit_upto, lease_ms)``)
+``Commit``      ``replicate.commit(round, proposer, commit_upto,      ``Committed | Nack``
+                lease_ms)``
 ``Fetch``       ``replicate.fetch(from_slot, limit)``                 ``Fetched``
 ==============  ====================================================  ====================
 
@@ -46,8 +46,7 @@ from replicate.paxos.messages import (
 
 PREPARE_SQL = "SELECT * FROM replicate.prepare(%b, %b, %b)"
 ACCEPT_SQL = "SELECT * FROM replicate.accept(%b, %b, %b, %b::text[], %b::bytea[], %b)"
-COMMIT_SQL = "SELECT * FROM replicate.commit(%b, %b, %b)"
-LEASE_SQL = "SELECT * FROM replicate.commit(%b, %b, %b, %b)"
+COMMIT_SQL = "SELECT * FROM replicate.commit(%b, %b, %b, %b)"
 FETCH_SQL = "SELECT * FROM replicate.fetch(%b, %b)"
 
 
@@ -60,10 +59,8 @@ def encode(request: AcceptorRequest) -> tuple[str, tuple[Any, ...]]:
                             [v.payload for v in request.values], Int8(request.commit_upto))
     if isinstance(request, Commit):
         b = request.ballot
-        if request.lease:
-            return LEASE_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.commit_upto),
-                               Int4(request.lease))
-        return COMMIT_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.commit_upto))
+        return COMMIT_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.commit_upto),
+                            Int4(request.lease))
     if isinstance(request, Prepare):
         b = request.ballot
         return PREPARE_SQL, (Int8(b.round), Int4(b.proposer), Int8(request.from_slot))
@@ -74,9 +71,8 @@ def encode(request: AcceptorRequest) -> tuple[str, tuple[Any, ...]]:
 
 _PQ_SQL = {Prepare: "SELECT * FROM replicate.prepare($1, $2, $3)",
            Accept: "SELECT * FROM replicate.accept($1, $2, $3, $4, $5, $6)",
-           Commit: "SELECT * FROM replicate.commit($1, $2, $3)",
+           Commit: "SELECT * FROM replicate.commit($1, $2, $3, $4)",
            Fetch: "SELECT * FROM replicate.fetch($1, $2)"}
-_PQ_LEASE_SQL = "SELECT * FROM replicate.commit($1, $2, $3, $4)"
 _I8, _I4 = pqconn.int8, pqconn.int4
 
 
@@ -90,15 +86,14 @@ def query(request: AcceptorRequest) -> Query:
             pqconn.array(BYTEA_OID, [v.payload for v in request.values]),
             _I8(request.commit_upto))
         types: tuple = (INT8_OID, INT4_OID, INT8_OID, TEXT_ARRAY_OID, BYTEA_ARRAY_OID, INT8_OID)
-    elif isinstance(request, Commit) and request.lease:
+    elif isinstance(request, Commit):
         b = request.ballot
         params = (_I8(b.round), _I4(b.proposer), _I8(request.commit_upto), _I4(request.lease))
-        return Query(_PQ_LEASE_SQL, params, (INT8_OID, INT4_OID, INT8_OID, INT4_OID),
-                     (1,) * 4, binary_results=True)
-    elif isinstance(request, (Commit, Prepare)):
+        types = (INT8_OID, INT4_OID, INT8_OID, INT4_OID)
+    elif isinstance(request, Prepare):
         b = request.ballot
-        last = request.commit_upto if isinstance(request, Commit) else request.from_slot
-        params, types = (_I8(b.round), _I4(b.proposer), _I8(last)), (INT8_OID, INT4_OID, INT8_OID)
+        params = (_I8(b.round), _I4(b.proposer), _I8(request.from_slot))
+        types = (INT8_OID, INT4_OID, INT8_OID)
     elif isinstance(request, Fetch):
         params, types = (_I8(request.from_slot), _I4(request.limit)), (INT8_OID, INT4_OID)
     else:
@@ -156,7 +151,7 @@ def decode(request: AcceptorRequest, rows: Sequence[Sequence[Any]]) -> AcceptorR
         return _ok_or_nack(request, rows, "accept", Accepted(
             request.ballot, request.first_slot, request.last_slot, request.commit_upto))
     if isinstance(request, Commit):
-        granted = _one(rows, "commit")[3] if request.lease else 0
+        granted = _one(rows, "commit")[3]
         return _ok_or_nack(request, rows, "commit", Committed(
             request.ballot, request.commit_upto, granted, request.stamp))
     if isinstance(request, Prepare):

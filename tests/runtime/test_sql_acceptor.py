@@ -265,12 +265,20 @@ def test_a_read_lease_refuses_higher_ballots_until_it_ends(conn: psycopg.Connect
         call(conn, Commit(B2, 0, 3_600_001))
 
 
+def test_the_version_4_commit_still_answers(conn: psycopg.Connection) -> None:
+    # proxies of an earlier version call it during a rolling upgrade
+    assert call(conn, Prepare(B2, 1)) == Promise(B2, 1, ())
+    assert conn.execute("SELECT * FROM replicate.commit(2, 1, 0)").fetchall() == [(True, 2, 1)]
+    assert conn.execute("SELECT * FROM replicate.commit(1, 0, 0)").fetchall() == [(False, 2, 1)]
+    assert conn.execute("SELECT lease_until FROM replicate.acceptor").fetchone() == (None,)
+
+
 def test_encode_decode_are_pure_and_reject_other_messages() -> None:
     sql, params = encode(Accept(B1, 5, (X, Y), 4))
     assert sql.startswith("SELECT * FROM replicate.accept(")
     assert [int(p) for p in params[:3]] == [1, 0, 5] and params[3] == ["r1", "r2"]
     assert decode(Accept(B1, 5, (X, Y), 4), [(True, 1, 0)]) == Accepted(B1, 5, 6, 4)
-    assert decode(Commit(B1, 4), [(False, 2, 1)]) == Nack(B1, B2)
+    assert decode(Commit(B1, 4), [(False, 2, 1, 0)]) == Nack(B1, B2)
     with pytest.raises(TypeError):
         encode(Committed(B1, 1))  # type: ignore[arg-type]
 
@@ -307,7 +315,7 @@ def test_a_mark_reads_only_the_slots_it_can_change(conn: psycopg.Connection) -> 
     # Every mark is a non-HOT update: the old version's entry stays in log_unchosen until
     # VACUUM. A log of 100,000 marked slots that VACUUM has not visited, then the usual step
     # of a leader: accept a batch, mark it. The mark must not walk the marked slots (it did,
-    # in index and heap, before schema version 8).
+    # in index and heap, before schema version 7).
     b = Ballot(1, 0)
     conn.execute("ALTER TABLE replicate.log SET (autovacuum_enabled = false)")
     conn.execute("INSERT INTO replicate.log SELECT s, 1, 0, 'r' || s, '\\x00', false "
@@ -326,7 +334,7 @@ def test_a_mark_reads_only_the_slots_it_can_change(conn: psycopg.Connection) -> 
 
     last = 100000 + 13 * 20
     used = buffers(f"SELECT * FROM replicate.commit(1, 0, {last})")
-    assert used < 150, used  # 1,069 before schema version 8
+    assert used < 150, used  # 1,069 before schema version 7
     assert conn.execute("SELECT count(*) FROM replicate.log WHERE NOT chosen").fetchone() == (0,)
     # and an accept that overwrites marked slots of the same ballot marks them again
     conn.execute("UPDATE replicate.log SET chosen = false WHERE slot = 100005")

@@ -1,6 +1,26 @@
--- replicate schema version 8: the chosen mark looks only at the slots it can change.
+-- replicate schema version 7: read leases, and a chosen mark that reads only the slots it can change.
 --
--- The mark step ("mark chosen every slot <= upto accepted under b") read the partial index
+-- Read leases. A linearizable read costs the leader a confirmation round (Commit to every
+-- acceptor, wait for a majority) unless it holds a lease: replicate/paxos/lease.py. The
+-- acceptor's half:
+--
+-- * replicate.acceptor.lease_until: until when the holder of the promise has a read lease.
+-- * replicate.commit(round, proposer, commit_upto, lease_ms): Commit as in version 4, and if
+--   lease_ms > 0 and (round, proposer) is the promise, lease_until := greatest(lease_until,
+--   clock_timestamp() + lease_ms). Returns the lease granted (0: none). A call that grants
+--   commits synchronously: a lease lost in a crash would let this node promise a new leader
+--   while the old one still answers reads from its lease. (Heartbeats ask for one every
+--   ~150 ms: a few WAL flushes per second, shared by group commit with the accepts.) The
+--   three-argument commit of version 4 is this one with lease_ms 0.
+-- * replicate.prepare and replicate.accept refuse, with nothing written, a ballot above the
+--   promise while the lease runs: one row ok=false with the promise, which is then *below*
+--   the request's ballot (a Nack's promise is above it): the runtime's `Leased`.
+--
+-- Clock: clock_timestamp(), the server's wall clock. A lease relies on it running at about
+-- the leader's rate and not being stepped forward by more than the leader's margin while a
+-- lease runs (README "Guarantees").
+--
+-- The chosen mark ("mark chosen every slot <= upto accepted under b") read the partial index
 -- log_unchosen from its start. Marking a slot is a non-HOT update (chosen is in that index's
 -- predicate), so the old version's entry stays in log_unchosen until VACUUM removes it, and
 -- autovacuum visits replicate.log only after ~20% of it changed (every row is marked once):
@@ -16,7 +36,8 @@
 -- as before, and is remembered only if its ballot is higher. Same results as before: the
 -- differential test (tests/runtime/test_sql_acceptor.py) compares with the model.
 
-ALTER TABLE replicate.acceptor ADD COLUMN IF NOT EXISTS marked_round bigint,
+ALTER TABLE replicate.acceptor ADD COLUMN IF NOT EXISTS lease_until timestamptz,
+                               ADD COLUMN IF NOT EXISTS marked_round bigint,
                                ADD COLUMN IF NOT EXISTS marked_proposer integer,
                                ADD COLUMN IF NOT EXISTS marked_upto bigint;
 
@@ -48,6 +69,50 @@ BEGIN
         UPDATE replicate.acceptor a
            SET marked_round = p_round, marked_proposer = p_proposer, marked_upto = p_upto
          WHERE a.id;
+    END IF;
+END
+$fn$;
+
+CREATE OR REPLACE FUNCTION replicate.prepare(p_round bigint, p_proposer integer,
+                                             p_from_slot bigint)
+RETURNS TABLE (ok boolean, promised_round bigint, promised_proposer integer, slot bigint,
+               ballot_round bigint, ballot_proposer integer, request_id text, payload bytea,
+               chosen boolean)
+LANGUAGE plpgsql
+AS $fn$
+#variable_conflict use_column
+DECLARE
+    v_round    bigint;
+    v_proposer integer;
+    v_lease    timestamptz;
+BEGIN
+    IF p_round IS NULL OR p_round < 0 OR p_proposer IS NULL OR p_proposer < 0
+       OR p_from_slot IS NULL OR p_from_slot < 1 THEN
+        RAISE EXCEPTION 'replicate.prepare: invalid arguments (%, %, %)',
+                        p_round, p_proposer, p_from_slot USING ERRCODE = '22023';
+    END IF;
+    SELECT a.promised_round, a.promised_proposer, a.lease_until INTO v_round, v_proposer, v_lease
+      FROM replicate.acceptor a WHERE a.id FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'replicate.acceptor has no row' USING ERRCODE = '55000',
+              HINT = 'run `replicate init` to repair the replicate schema';
+    END IF;
+    IF (p_round, p_proposer) < (v_round, v_proposer)
+       OR ((p_round, p_proposer) > (v_round, v_proposer) AND v_lease > clock_timestamp()) THEN
+        RETURN QUERY SELECT false, v_round, v_proposer, NULL::bigint, NULL::bigint,
+                            NULL::integer, NULL::text, NULL::bytea, NULL::boolean;
+        RETURN;
+    END IF;
+    IF (p_round, p_proposer) <> (v_round, v_proposer) THEN
+        UPDATE replicate.acceptor a SET promised_round = p_round, promised_proposer = p_proposer
+         WHERE a.id;
+    END IF;
+    RETURN QUERY SELECT true, p_round, p_proposer, l.slot, l.ballot_round, l.ballot_proposer,
+                        l.request_id, l.payload, l.chosen
+                   FROM replicate.log l WHERE l.slot >= p_from_slot ORDER BY l.slot;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT true, p_round, p_proposer, NULL::bigint, NULL::bigint,
+                            NULL::integer, NULL::text, NULL::bytea, NULL::boolean;
     END IF;
 END
 $fn$;
@@ -115,37 +180,6 @@ END
 $fn$;
 
 CREATE OR REPLACE FUNCTION replicate.commit(p_round bigint, p_proposer integer,
-                                            p_commit_upto bigint)
-RETURNS TABLE (ok boolean, promised_round bigint, promised_proposer integer)
-LANGUAGE plpgsql
-AS $fn$
-#variable_conflict use_column
-DECLARE
-    v_round    bigint;
-    v_proposer integer;
-BEGIN
-    IF p_round IS NULL OR p_round < 0 OR p_proposer IS NULL OR p_proposer < 0
-       OR p_commit_upto IS NULL OR p_commit_upto < 0 THEN
-        RAISE EXCEPTION 'replicate.commit: invalid arguments (%, %, %)',
-                        p_round, p_proposer, p_commit_upto USING ERRCODE = '22023';
-    END IF;
-    -- A chosen mark is a hint for learners, never needed for safety: do not wait for a WAL
-    -- flush on every heartbeat and read confirmation (see the header of this file).
-    PERFORM set_config('synchronous_commit', 'off', true);
-    SELECT a.promised_round, a.promised_proposer INTO v_round, v_proposer
-      FROM replicate.acceptor a WHERE a.id FOR UPDATE;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'replicate.acceptor has no row' USING ERRCODE = '55000',
-              HINT = 'run `replicate init` to repair the replicate schema';
-    END IF;
-    IF p_commit_upto > 0 THEN
-        PERFORM replicate.mark_chosen(p_round, p_proposer, p_commit_upto);
-    END IF;
-    RETURN QUERY SELECT (p_round, p_proposer) >= (v_round, v_proposer), v_round, v_proposer;
-END
-$fn$;
-
-CREATE OR REPLACE FUNCTION replicate.commit(p_round bigint, p_proposer integer,
                                             p_commit_upto bigint, p_lease_ms integer)
 RETURNS TABLE (ok boolean, promised_round bigint, promised_proposer integer,
                lease_ms integer)
@@ -190,4 +224,15 @@ BEGIN
     PERFORM set_config('synchronous_commit', 'off', true);
     RETURN QUERY SELECT (p_round, p_proposer) >= (v_round, v_proposer), v_round, v_proposer, 0;
 END
+$fn$;
+
+-- Commit(b, commit_upto) without a lease, as version 4 answered it (proxies of that version
+-- call it during a rolling upgrade).
+CREATE OR REPLACE FUNCTION replicate.commit(p_round bigint, p_proposer integer,
+                                            p_commit_upto bigint)
+RETURNS TABLE (ok boolean, promised_round bigint, promised_proposer integer)
+LANGUAGE sql
+AS $fn$
+    SELECT c.ok, c.promised_round, c.promised_proposer
+      FROM replicate.commit(p_round, p_proposer, p_commit_upto, 0) c;
 $fn$;
