@@ -202,6 +202,11 @@ def _params(stmt: _Statement, bind: m.Bind) -> tuple[Param, ...]:
                  for i, value in enumerate(bind.params))
 
 
+def _pure_reads(sql: str, decisions: list) -> bool:
+    """Every statement of ``sql`` is a read that cannot change the session's settings."""
+    return all(isinstance(d, Read) and d.pure for d in decisions if sql[d.start:d.end].strip())
+
+
 def _result_binary(formats: tuple[int, ...]) -> bool | None:
     """All-text (False), all-binary (True), or mixed (None, not supported)."""
     if not formats:
@@ -335,8 +340,9 @@ class ReplicateHooks(Hooks):
             state.portals[message.portal] = (stmt, message)
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
-                if self._read_ready(session, state):
-                    return Action.FORWARD
+                catalog = self.catalogs.catalog if self.catalogs is not None else None
+                if self._facts_fresh(session, state, catalog) and self._reads_met(state):
+                    return Action.FORWARD  # nothing to wait for: no hook task
                 return self._bind_read(session)
             if isinstance(stmt.decision, Replicate) and not state.mid_batch \
                     and session.transaction_status != "E" \
@@ -425,15 +431,17 @@ class ReplicateHooks(Hooks):
                 and all(facts.get(name) == session.parameters.get(name, facts.get(name))
                         for name in _REPORTED))
 
-    def _read_ready(self, session: Session, state: _SessionState) -> bool:
-        """Whether a read may go to the node at once, decided without awaiting: the facts
-        are current and its consistency asks for nothing the local node lacks (``local``; a
-        ``session`` read whose last write is applied; a ``linearizable`` read at a leader
-        holding a read lease, its index applied). Else ``_bind_read`` decides, awaiting."""
-        catalog = self.catalogs.catalog if self.catalogs is not None else None
-        if state.mid_batch or state.facts_catalog is not catalog \
-                or not self._facts_current(session, state):
-            return False
+    def _facts_fresh(self, session: Session, state: _SessionState, catalog: Any) -> bool:
+        """The facts last read may be used as they are, without awaiting: outside a batch,
+        current (``_facts_current``) and resolved against ``catalog``."""
+        return not state.mid_batch and state.facts_catalog is catalog \
+            and self._facts_current(session, state)
+
+    def _reads_met(self, state: _SessionState) -> bool:
+        """With fresh facts: the session's read consistency asks for nothing the local node
+        lacks (``local``; ``session`` with its last write applied; ``linearizable`` at a leader
+        holding a read lease, its index applied), so a read may go to the node at once. Else
+        ``_wait_for_reads`` decides, awaiting."""
         mode = self._consistency(state.facts)
         if mode == "local":
             return True
@@ -484,11 +492,10 @@ class ReplicateHooks(Hooks):
     def _query_now(self, session: Session, state: _SessionState, sql: str) -> Any:
         """A Query that mentions registered tables: classified at once when the catalog and the
         session's facts are current, and forwarded without awaiting anything when it only
-        reads and its reads are ready (``_read_ready``); else ``_query`` (a coroutine) with
+        reads and its reads are ready (``_reads_met``); else ``_query`` (a coroutine) with
         the decisions made here, if any."""
         catalog = self.catalogs.current() if self.catalogs is not None else None
-        if catalog is None or state.mid_batch or state.facts_catalog is not catalog \
-                or not self._facts_current(session, state) \
+        if catalog is None or not self._facts_fresh(session, state, catalog) \
                 or _consistency_statement(sql) is not None:
             return self._query(session, sql)
         facts = state.facts
@@ -496,8 +503,8 @@ class ReplicateHooks(Hooks):
                              now=dt.datetime.now(dt.timezone.utc), rng=self._rng,
                              resolved=facts.get("resolved"))
         kinds = {type(d) for d in decisions}
-        if kinds <= {Read, Relay} and (Read not in kinds or self._read_ready(session, state)):
-            if all(isinstance(d, Read) and d.pure for d in decisions if sql[d.start:d.end].strip()):
+        if kinds <= {Read, Relay} and (Read not in kinds or self._reads_met(state)):
+            if _pure_reads(sql, decisions):
                 self._pure_execution(session)  # only reads that cannot change the settings
             return Action.FORWARD
         return self._query(session, sql, (decisions, facts))
@@ -526,8 +533,7 @@ class ReplicateHooks(Hooks):
                 except ReplicateError as exc:
                     return await self._refuse_query(session, exc.sqlstate, exc.message, exc.hint)
             # only reads that cannot change the session's settings: its facts stay current
-            self._state(session).pure_read = all(
-                isinstance(d, Read) and d.pure for d in decisions if sql[d.start:d.end].strip())
+            self._state(session).pure_read = _pure_reads(sql, decisions)
             return Action.FORWARD
         if len([d for d in decisions if sql[d.start:d.end].strip()]) > 1:
             return await self._refuse_query(
