@@ -271,7 +271,8 @@ class Replica:
         elif isinstance(msg, Leased):
             # The acceptor still leases its promise to a leader: as if it had not answered, so
             # a candidate that gets only these yields to that leader's heartbeat (fruitless).
-            self._observe(msg.holder)
+            # (Its holder is below msg.ballot, which this replica chose: nothing to observe.)
+            pass
         elif isinstance(msg, Forward):
             if self.role is not Role.FOLLOWER:
                 self.propose(msg.value)
