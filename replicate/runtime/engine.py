@@ -458,11 +458,18 @@ class Engine:
 
     async def _linger(self, seconds: float) -> None:
         """Up to ``seconds`` for more chosen slots, until one of them becomes urgent."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + seconds
-        timer = loop.call_at(deadline, self._apply_wakeup.set)
+        # The timer says when the time is up, not a comparison with loop.time(): uvloop runs a
+        # timer up to a millisecond before loop.time() reaches its deadline (~1 in 4 on this
+        # machine), and a loop that waited again would wait for the next chosen slot.
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            self._apply_wakeup.set()
+        timer = asyncio.get_running_loop().call_later(seconds, expire)
         try:
-            while not self._apply_urgent() and loop.time() < deadline:
+            while not expired and not self._apply_urgent():
                 self._apply_wakeup.clear()
                 await self._apply_wakeup.wait()
         finally:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from replicate.command import Entry, Outcome, Param, Status
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.paxos.messages import ChosenEntry, Value
@@ -106,3 +108,22 @@ def test_an_entry_is_known_to_the_applier_while_it_is_submitted() -> None:
         await asyncio.gather(submit, return_exceptions=True)
         assert eng.applier.submitted == {}
     asyncio.run(run())
+
+
+def test_a_linger_ends_when_its_timer_runs_also_on_uvloop() -> None:
+    """uvloop runs a timer up to a millisecond before ``loop.time()`` reaches its deadline
+    (about one timer in four): a linger that compared the clock waited on for a slot that
+    never came, and the node lagged until the next write (seen in CI)."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def run() -> None:
+        eng, applier = engine(linger=0.002)
+        task = asyncio.ensure_future(eng._apply_loop())
+        for slot in range(1, 61):
+            chosen(eng, slot)
+            async with eng._applied_changed:
+                await asyncio.wait_for(
+                    eng._applied_changed.wait_for(lambda: eng.applied_upto >= slot), 10)
+        assert [b for batch in applier.batches for b in batch] == list(range(1, 61))
+        task.cancel()
+    uvloop.run(run())
