@@ -189,7 +189,7 @@ def proxy(
 
     cluster_config = run(lambda: load_config(config))
     run(lambda: cluster_config.node(node))
-    run_proxy(cluster_config, node)
+    run(lambda: run_proxy(cluster_config, node))
 
 
 # -- SQL gate ----------------------------------------------------------------

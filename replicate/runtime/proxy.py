@@ -81,12 +81,21 @@ async def serve(config: ClusterConfig, node: str, settings: EngineSettings | Non
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     starting = asyncio.create_task(engine.start())
+    # start() retries while the node is unreachable; anything else (a schema newer than this
+    # replicate knows) ends the proxy with that error rather than leaving it "starting".
+    starting.add_done_callback(lambda task: task.cancelled() or task.exception() is None
+                               or stop.set())
     await stop.wait()
+    failed = starting.exception() if starting.done() and not starting.cancelled() else None
+    if failed is not None:
+        log.error("proxy %s cannot start its engine: %s", node, failed)
     log.info("proxy %s stopping", node)
     starting.cancel()
     await asyncio.gather(starting, return_exceptions=True)
     await server.stop()
     await engine.stop()
+    if failed is not None:
+        raise failed
 
 
 EVENT_LOOPS = ("uvloop", "asyncio")

@@ -21,7 +21,7 @@ import json
 import logging
 import struct
 
-from replicate.errors import ProtocolError, ReplicateError
+from replicate.errors import ClusterError, ProtocolError, ReplicateError
 from replicate.paxos.messages import Chosen, Forward, Heartbeat
 from replicate.runtime import peerwire
 from replicate.runtime.engine import Engine
@@ -56,8 +56,14 @@ class ProxyServer:
         self.hooks = None  # interception of PostgreSQL clients' messages (see relay.py)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port,
-                                                  reuse_address=True)
+        try:
+            self._server = await asyncio.start_server(self._accept, self.host, self.port,
+                                                      reuse_address=True)
+        except OSError as exc:
+            raise ClusterError(f"the proxy cannot listen on {self.host}:{self.port}: "
+                               f"{exc.strerror or exc}",
+                               hint="another process (another proxy?) has this port; stop it "
+                                    "or change the node's proxy address") from None
 
     async def stop(self) -> None:
         if self._server is not None:

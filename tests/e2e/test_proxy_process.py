@@ -10,6 +10,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +20,7 @@ import psycopg
 import pytest
 
 from replicate.config import load_config, write_config
+from replicate.runtime.schema import SCHEMA_VERSION, install
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -132,3 +136,35 @@ def test_a_missing_socket_dir_falls_back_to_tcp_and_says_so(make_cluster) -> Non
     log = cluster.proxies[0].log_file.read_text()
     assert f"socket_dir {missing} of node n1 is not a directory here" in log
     assert f"cannot reach the PostgreSQL node at {missing}/.s.PGSQL.{cluster.nodes[0].port}" in log
+
+
+def _run_proxy(cluster) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "replicate", "proxy", "--node", "n1",
+                           "--config", str(cluster.config_path)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_a_node_with_a_newer_schema_ends_the_proxy_with_the_reason(make_cluster) -> None:
+    """The engine cannot use a schema newer than it knows: the proxy exits and says why,
+    rather than listening on with its engine never started (role "starting", nothing logged)."""
+    cluster = make_cluster(1)
+    with psycopg.connect(cluster.nodes[0].dsn, autocommit=True) as conn:
+        install(conn)
+        conn.execute("UPDATE replicate.meta SET value = %s WHERE key = 'schema_version'",
+                     [str(SCHEMA_VERSION + 1)])
+    done = _run_proxy(cluster)
+    assert done.returncode == 1, done.stderr
+    assert "error (55000)" in done.stderr and f"version {SCHEMA_VERSION + 1}" in done.stderr
+    assert "cannot start its engine" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_taken_proxy_port_is_a_clear_error(make_cluster) -> None:
+    cluster = make_cluster(1)
+    proxy = cluster.proxies[0]
+    with socket.socket() as taken:
+        taken.bind((proxy.host, proxy.port))
+        taken.listen()
+        done = _run_proxy(cluster)
+    assert done.returncode == 1, done.stderr
+    assert "error (58000)" in done.stderr and f"{proxy.host}:{proxy.port}" in done.stderr
+    assert "Traceback" not in done.stderr
