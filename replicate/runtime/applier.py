@@ -365,11 +365,13 @@ class Applier:
             conn = await self._pipeline_connection()
         except psycopg.Error as exc:
             raise LocalApplyError(f"cannot connect to the local node: {exc}") from None
-        ids = [c.value.request_id.encode() for c in entries if not c.value.is_noop]
+        # A request applied before is found by replicate.requests' primary key in apply_finish
+        # (unique_violation, deterministic: the careful path), not looked up here
+        # (sql/009_apply_begin_without_lookup.sql).
         queries = [_BEGIN, Query(
-            "SELECT replicate.apply_begin($1, $2, $3)",
-            (pqconn.int8(entries[0].slot), pqconn.array(TEXT_OID, ids),
-             pqconn.int4(self.apply_timeout_ms)), (INT8_OID, TEXT_ARRAY_OID, INT4_OID), (1, 1, 1))]
+            "SELECT replicate.apply_begin($1, NULL, $2)",
+            (pqconn.int8(entries[0].slot), pqconn.int4(self.apply_timeout_ms)),
+            (INT8_OID, INT4_OID), (1, 1))]
         where: list[int | None] = []  # per entry: its statement's index in queries
         key: tuple | None = None
         for entry in decoded:

@@ -145,16 +145,20 @@ def test_pipelined_batch_falls_back_on_an_error_and_on_a_repeat(node) -> None:
                [chosen(2, "b", insert, b"2", b"two"), chosen(3, "c", insert, b"1", b"dup")],
                # "a" was applied in an earlier batch: a duplicate, not run again
                [chosen(4, "d", insert, b"4", b"four"), chosen(5, "a", insert, b"1", b"again")],
-               [chosen(6, "e", insert, b"6", b"six")]]
+               [chosen(6, "e", insert, b"6", b"six")],
+               # "b" again, with a statement that would succeed: only replicate.requests'
+               # primary key (in apply_finish) tells the pipelined path it is a repeat
+               [chosen(7, "b", insert, b"7", b"seven"), chosen(8, "f", insert, b"8", b"eight")]]
     results, careful = apply_counting(node, batches)
-    assert careful == 2
+    assert careful == 3
     assert [o.status for r in results for o in r] == [
-        Status.OK, Status.OK, Status.ERROR, Status.OK, Status.DUPLICATE, Status.OK]
+        Status.OK, Status.OK, Status.ERROR, Status.OK, Status.DUPLICATE, Status.OK,
+        Status.DUPLICATE, Status.OK]
     assert results[1][1].sqlstate == "23505"
     with psycopg.connect(node) as conn:
         assert conn.execute("SELECT id, v FROM t ORDER BY id").fetchall() == [
-            (1, "one"), (2, "two"), (4, "four"), (6, "six")]
-        assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (6,)
+            (1, "one"), (2, "two"), (4, "four"), (6, "six"), (8, "eight")]
+        assert conn.execute("SELECT slot FROM replicate.applied").fetchone() == (8,)
 
 
 def test_pipelined_gap_and_local_error_apply_nothing(node) -> None:
@@ -243,3 +247,20 @@ def test_the_careful_path_never_keeps_a_parse_across_settings(node) -> None:
     with psycopg.connect(node) as conn:
         assert conn.execute("SELECT d FROM td WHERE id = 13").fetchone()[0].isoformat() \
             == "2026-02-01"
+
+
+def test_apply_begin_does_not_read_the_request_ids(node) -> None:
+    """A repeat is found by replicate.requests' primary key when the batch is recorded, not by
+    a lookup at the start: that lookup kept a plan made while the table was empty (a
+    sequential scan) and read the whole table on every batch of a fresh cluster. A lock on the
+    table shows apply_begin does not touch it."""
+    with psycopg.connect(node) as holder, \
+            psycopg.connect(node, options="-c lock_timeout=2s") as applier:
+        holder.execute("LOCK TABLE replicate.requests IN ACCESS EXCLUSIVE MODE")
+        applier.execute("SELECT replicate.apply_begin(1, ARRAY['a', 'b'], 1000)")
+        applier.rollback()
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # apply_finish records them
+            applier.execute("SELECT replicate.apply_finish(1, ARRAY[1]::bigint[], ARRAY['a'], "
+                            "ARRAY['ok'], ARRAY['INSERT 0 1'], ARRAY[1]::bigint[], "
+                            "ARRAY[NULL], ARRAY[NULL], ARRAY[NULL], ARRAY[NULL], "
+                            "ARRAY[NULL]::bytea[])")
