@@ -72,6 +72,7 @@ from replicate.errors import ReplicateError
 from replicate.gate import Catalog, Read, Refuse, Relay, Replicate, classify, load_catalog
 from replicate.gate.catalog import registered_names
 from replicate.gate.classify import mentions_registered
+from replicate.gate.template import numeric_template, reusable, reuse
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
 from replicate.runtime.engine import Engine
@@ -174,6 +175,10 @@ class _SessionState:
     facts_executions: int = -1    # session.executions when they were read (-1: stale)
     facts_at: float = 0.0         # when they were read (event loop time)
     pure_read: bool = False       # the Query being forwarded holds only pure reads
+    # Decisions kept per numeric template (gate/template.py), for the facts and catalog in
+    # ``decided_for``: a text that differs only in its numbers is not parsed again.
+    decided: dict[str, tuple[Any, int]] = field(default_factory=dict)
+    decided_for: tuple = ()
 
 
 def _sql_error(sqlstate: str, message: str, hint: str | None = None,
@@ -188,6 +193,7 @@ _DESCRIBE_EXECUTE_AND_SYNC = [codec.encode(m.Describe("P", "")), *_EXECUTE_AND_S
 _BIND_COMPLETE = codec.encode(m.BindComplete())
 _NO_DATA = codec.encode(m.NoData())
 _READY_IDLE = codec.encode(codec.ready_for_query("I"))
+_DECIDED_MAX = 64  # numeric templates kept per session
 
 
 def _resolution(facts: dict) -> tuple:
@@ -458,11 +464,32 @@ class ReplicateHooks(Hooks):
     async def _classify(self, session: Session, sql: str) -> tuple[list, dict, Catalog]:
         catalog = await self.catalogs.load()
         facts = await self._session(session)
-        schemas = facts["schemas"]
-        decisions = classify(sql, catalog, search_path=schemas or ("public",),
+        return self._decide(self._state(session), sql, catalog, facts), facts, catalog
+
+    def _decide(self, state: _SessionState, sql: str, catalog: Catalog, facts: dict) -> list:
+        """The gate's decisions for ``sql`` under ``facts`` and ``catalog``; for a text with
+        the numeric template of one decided before under the same two, that decision again
+        (a single read, or a single write the gate did not rewrite: gate/template.py)."""
+        key = numeric_template(sql)
+        if key is not None:
+            decided = state.decided
+            if len(state.decided_for) != 2 or state.decided_for[0] is not facts \
+                    or state.decided_for[1] is not catalog:
+                decided.clear()
+                state.decided_for = (facts, catalog)
+            hit = decided.get(key)
+            if hit is not None:
+                return [reuse(hit[0], hit[1], sql)]
+        decisions = classify(sql, catalog, search_path=facts["schemas"] or ("public",),
                              now=dt.datetime.now(dt.timezone.utc), rng=self._rng,
                              resolved=facts.get("resolved"))
-        return decisions, facts, catalog
+        if key is not None:
+            kept = reusable(sql, decisions)
+            if kept is not None:
+                if len(decided) >= _DECIDED_MAX:
+                    decided.clear()
+                decided[key] = (kept, len(sql))
+        return decisions
 
     def _entry(self, text: str, facts: dict, params: tuple[Param, ...] = (),
                binary_results: bool = False) -> Entry:
@@ -499,9 +526,7 @@ class ReplicateHooks(Hooks):
                 or _consistency_statement(sql) is not None:
             return self._query(session, sql)
         facts = state.facts
-        decisions = classify(sql, catalog, search_path=facts["schemas"] or ("public",),
-                             now=dt.datetime.now(dt.timezone.utc), rng=self._rng,
-                             resolved=facts.get("resolved"))
+        decisions = self._decide(state, sql, catalog, facts)
         kinds = {type(d) for d in decisions}
         if kinds <= {Read, Relay} and (Read not in kinds or self._reads_met(state)):
             if _pure_reads(sql, decisions):

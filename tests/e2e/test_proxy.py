@@ -544,3 +544,21 @@ def test_session_changes_between_writes_are_seen(proxied, prepared: bool) -> Non
     assert [rows[base + i][1] for i in range(4)] == ["\\x41", "A", "\\x41", "\\x41"]
     utc = rows[base][3].tzinfo
     assert [rows[base + i][3].astimezone(utc).hour for i in range(4)] == [12, 12, 12, 3]
+
+
+def test_simple_texts_that_differ_in_numbers_each_do_their_own_work(proxied) -> None:
+    """psql sends each -c as a simple Query; the proxy decides the first UPDATE and SELECT and
+    reuses the decisions for the texts with other numbers (gate/template.py): each must still
+    change and read its own row, with its own amount."""
+    ids = range(1301, 1311)
+    args = ["psql", "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", proxy_dsn(proxied, "n2")]
+    for i in ids:
+        args += ["-c", f"INSERT INTO accounts (id, owner, balance) VALUES ({i}, 'num', {i})"]
+    for i in ids:
+        args += ["-c", f"UPDATE accounts SET balance = balance + {i - 1300} WHERE id = {i}",
+                 "-c", f"SELECT id, balance FROM accounts WHERE id = {i};"]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == [f"{i}|{i + i - 1300}.00" for i in ids]
+    rows = {r[0]: r[2] for r in rows_everywhere(proxied) if r[0] in ids}
+    assert rows == {i: i + i - 1300 for i in ids}
