@@ -178,7 +178,7 @@ class _SessionState:
     # Decisions kept per numeric template (gate/template.py), for the facts and catalog in
     # ``decided_for``: a text that differs only in its numbers is not parsed again.
     decided: dict[str, tuple[Any, int]] = field(default_factory=dict)
-    decided_for: tuple = ()
+    decided_for: tuple = (None, None)
 
 
 def _sql_error(sqlstate: str, message: str, hint: str | None = None,
@@ -473,8 +473,7 @@ class ReplicateHooks(Hooks):
         key = numeric_template(sql)
         if key is not None:
             decided = state.decided
-            if len(state.decided_for) != 2 or state.decided_for[0] is not facts \
-                    or state.decided_for[1] is not catalog:
+            if state.decided_for[0] is not facts or state.decided_for[1] is not catalog:
                 decided.clear()
                 state.decided_for = (facts, catalog)
             hit = decided.get(key)
