@@ -168,10 +168,13 @@ def _next_search_path(root: str, body: dict, path: tuple[str, ...]) -> tuple[str
 
 def _option_true(arg: Any) -> bool:
     """An EXPLAIN option's value, as PostgreSQL's defGetBoolean reads it (fail closed:
-    anything but an explicit false counts as true)."""
+    anything but an explicit false counts as true). An integer is false only when 0, which
+    pglast gives as an ``Integer`` without ``ival``."""
     if arg is None:
         return True
     (kind, v), = arg.items()
+    if kind == "Integer":
+        return v.get("ival", 0) != 0
     text = str(v.get("sval", v.get("boolval", v.get("ival", "true")))).lower()
     return text not in ("false", "off", "0", "no")
 

@@ -9,9 +9,9 @@ quoted names, comments, operators, the letters around the numbers) stays, so two
 the same key lex into the same tokens in the same order, with numeric constants of possibly
 different values in the same places.
 
-What the gate decides does not depend on a numeric constant's value. The one place it reads
-one is an EXPLAIN option given as a number (``EXPLAIN (ANALYZE 0)``), read failing closed; a
-text mentioning ``explain`` gets no key all the same. Neither does one the scanner below does
+What the gate decides does not depend on a numeric constant's value, except for an EXPLAIN
+option given as a number: ``EXPLAIN (ANALYZE 0) DELETE ...`` only plans the DELETE, ``ANALYZE 1``
+runs it. A text mentioning ``explain`` gets no key. Neither does one the scanner below does
 not follow exactly:
 anything with ``$`` (dollar quotes, parameters), a backslash (escape strings, and strings
 read with standard_conforming_strings off), ``/*`` comments, or ``&`` (``U&`` escapes).

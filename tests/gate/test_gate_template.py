@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gate_corpus import corpus_catalog, load_cases
-from replicate.gate import Read, Relay, Replicate, TableName, classify
+from replicate.gate import Read, Refuse, Relay, Replicate, TableName, classify
 from replicate.gate.template import numeric_template, reusable, reuse
 
 NOW = datetime(2026, 11, 26, 8, 0, 0, 123456, tzinfo=timezone.utc)
@@ -101,3 +101,11 @@ def test_the_corpus_has_texts_that_are_reused() -> None:
                for c in kept)
     assert Relay not in {type(reusable(c.sql, [Relay(0, 1)])) for c in kept}
 
+
+
+def test_explain_options_are_why_explain_gets_no_key() -> None:
+    """The one place a number's value changes the gate's decision."""
+    decide = [classify(f"EXPLAIN (ANALYZE {n}) DELETE FROM accounts WHERE id = 1", CATALOG,
+                       now=NOW, rng=random.Random(1)) for n in (0, 1)]
+    assert [type(d[0]) for d in decide] == [Relay, Refuse]
+    assert numeric_template("EXPLAIN (ANALYZE 0) DELETE FROM accounts WHERE id = 1") is None
