@@ -8,6 +8,7 @@ afterwards every node holds identical rows at the same applied slot.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import shutil
 import socket
 import subprocess
@@ -178,24 +179,22 @@ def test_prepared_reads_through_every_proxy_see_writes_through_another(proxied) 
     awaiting anything) through each proxy, the leader included, see a write acknowledged just
     before through another proxy (linearizable), or through the same one (session)."""
     names = [n.name for n in proxied.nodes]
-    key = 1200  # ids 1201..1260: no other test here uses them
+    keys = iter(range(1201, 1261))  # no other test here uses them
+
+    def write_then_read(writer, reader, reader_name: str, count: int) -> None:
+        for key in itertools.islice(keys, count):
+            writer.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'p', 0)",
+                           [key])
+            assert reader.execute("SELECT count(*) FROM accounts WHERE id = %s", [key],
+                                  prepare=True).fetchone() == (1,), (reader_name, key)
+
     for reader_name in names:
         writer_name = next(n for n in names if n != reader_name)
         with psycopg.connect(proxy_dsn(proxied, writer_name), autocommit=True) as writer, \
                 psycopg.connect(proxy_dsn(proxied, reader_name), autocommit=True) as reader:
-            for _ in range(15):
-                key += 1
-                writer.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 'p', 0)",
-                               [key])
-                assert reader.execute("SELECT count(*) FROM accounts WHERE id = %s", [key],
-                                      prepare=True).fetchone() == (1,), (reader_name, key)
+            write_then_read(writer, reader, reader_name, 15)
             reader.execute("SET replicate.read_consistency = session")
-            for _ in range(5):
-                key += 1
-                reader.execute("INSERT INTO accounts (id, owner, balance) VALUES (%s, 's', 0)",
-                               [key])
-                assert reader.execute("SELECT count(*) FROM accounts WHERE id = %s", [key],
-                                      prepare=True).fetchone() == (1,), (reader_name, key)
+            write_then_read(reader, reader, reader_name, 5)
 
 
 # One statement per refusal class of the gate (replicate.gate.REASONS).
