@@ -129,7 +129,6 @@ class AcceptorLink:
             conn = self._conn
             # Awaited in this task under a deadline: a task per call and asyncio.wait cost
             # ~15-20 us per call, several calls per write (docs/decisions.md, perf-hot).
-            exc: BaseException | None = None
             try:
                 async with asyncio.timeout(self.request_timeout):
                     reply = await acall(conn, request)
@@ -139,9 +138,7 @@ class AcceptorLink:
                 if future is not None and not future.done():
                     future.set_exception(TimeoutError(self.last_error))
                 continue
-            except Exception as error:  # noqa: BLE001 - handed to the caller below
-                exc = error
-            if exc is not None:
+            except Exception as exc:  # noqa: BLE001 - handed to the caller
                 self.last_error = str(exc).strip() or type(exc).__name__
                 if future is not None and not future.done():
                     future.set_exception(exc)
