@@ -152,7 +152,6 @@ class Settings:
     read_lease_ms: int | None = None  # None: the configuration's default
 
 
-
 # -- the machine -----------------------------------------------------------------
 
 

@@ -65,8 +65,9 @@ For the log, only liveness: election timeouts (uniform in ``[election_ticks, 2 *
 election_ticks)`` ticks), heartbeat period, retransmission and fetch periods, and read leases
 (``lease.py``), which delay a new leader until the old one's lease ends. Read leases are the one
 thing that relies on clocks: a leader answers linearizable reads without a round only while
-clock rates agree within the lease's margin (``lease.py`` says exactly what is assumed). Lost, duplicated, delayed or reordered
-messages and crashed nodes can stall progress but never make two values chosen for a slot.
+clock rates agree within the lease's margin (``lease.py`` says exactly what is assumed). Lost,
+duplicated, delayed or reordered messages and crashed nodes can stall progress but never make
+two values chosen for a slot.
 ``tests/sim`` checks both claims by deterministic simulation.
 """
 
@@ -77,8 +78,8 @@ from replicate.paxos.ballot import Ballot
 from replicate.paxos.learner import Learner
 from replicate.paxos.messages import (
     NOOP, Accept, Accepted, AcceptedEntry, Addr, Chosen, ChosenEntry, Commit, Committed, Envelope,
-    Fetch, Fetched, Forward, Heartbeat, Leased, Message, Nack, Prepare, Promise, Value, acceptor_addr,
-    replica_addr,
+    Fetch, Fetched, Forward, Heartbeat, Leased, Message, Nack, Prepare, Promise, Value,
+    acceptor_addr, replica_addr,
 )
 from replicate.paxos.lease import LeaseTracker
 from replicate.paxos.proposer import Batch, Leadership, recover
@@ -89,8 +90,7 @@ from replicate.paxos.replica import (
 __all__ = [
     "Accept", "Accepted", "AcceptedEntry", "Acceptor", "AcceptorState", "AcceptorStorage",
     "AcceptorWrite", "Addr", "Ballot", "Batch", "Chosen", "ChosenEntry", "Commit", "Committed",
-    "Config",
-    "Envelope", "Fetch", "Fetched", "Forward", "HardState", "Heartbeat", "InMemoryAcceptorStorage",
-    "Leadership", "Learner", "Leased", "LeaseTracker", "Message", "NOOP", "Nack", "Prepare", "Promise", "ProposeOutcome",
-    "Ready", "Replica", "Role", "Value", "acceptor_addr", "recover", "replica_addr",
+    "Config", "Envelope", "Fetch", "Fetched", "Forward", "HardState", "Heartbeat",
+    "InMemoryAcceptorStorage", "Leadership", "Learner", "Leased", "LeaseTracker", "Message",
+    "NOOP", "Nack", "Prepare", "Promise", "ProposeOutcome", "Ready", "Replica", "Role", "Value", "acceptor_addr", "recover", "replica_addr",
 ]

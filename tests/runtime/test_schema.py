@@ -59,7 +59,8 @@ def test_install_on_a_fresh_database(fresh_db: list[str]) -> None:
         functions = {r[0] for r in conn.execute(
             "SELECT proname FROM pg_proc WHERE pronamespace = 'replicate'::regnamespace")}
         assert functions == FUNCTIONS
-        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 0, 0, None, None, None, None)]
+        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [
+            (True, 0, 0, None, None, None, None)]
         assert conn.execute("SELECT * FROM replicate.applied").fetchall() == [(True, 0)]
         assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'log_unchosen'"
                             ).fetchone()[0].endswith("WHERE (NOT chosen)")
@@ -76,7 +77,8 @@ def test_install_twice_changes_nothing(fresh_db: list[str]) -> None:
         before = conn.execute(CATALOG_SNAPSHOT).fetchall()
         assert schema.install(conn) == SCHEMA_VERSION
         assert conn.execute(CATALOG_SNAPSHOT).fetchall() == before
-        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [(True, 7, 2, None, None, None, None)]
+        assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [
+            (True, 7, 2, None, None, None, None)]
         assert conn.execute("SELECT count(*) FROM replicate.log").fetchone() == (1,)
 
 

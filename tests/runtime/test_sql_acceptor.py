@@ -339,4 +339,5 @@ def test_a_mark_reads_only_the_slots_it_can_change(conn: psycopg.Connection) -> 
     # and an accept that overwrites marked slots of the same ballot marks them again
     conn.execute("UPDATE replicate.log SET chosen = false WHERE slot = 100005")
     assert call(conn, Accept(b, 100005, (Value("n4", b"v"),), last)).ballot == b
-    assert conn.execute("SELECT chosen FROM replicate.log WHERE slot = 100005").fetchone() == (True,)
+    assert conn.execute(
+        "SELECT chosen FROM replicate.log WHERE slot = 100005").fetchone() == (True,)
