@@ -36,7 +36,7 @@ import psycopg
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 # pg_advisory_xact_lock key taken by every install: the bytes of "replicat" as a bigint.
 _LOCK_KEY = int.from_bytes(b"replicat", "big") & 0x7FFF_FFFF_FFFF_FFFF

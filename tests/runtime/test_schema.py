@@ -60,7 +60,7 @@ def test_install_on_a_fresh_database(fresh_db: list[str]) -> None:
             "SELECT proname FROM pg_proc WHERE pronamespace = 'replicate'::regnamespace")}
         assert functions == FUNCTIONS
         assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [
-            (True, 0, 0, None, None, None, None)]
+            (True, 0, 0, None, None, None, None, 0)]
         assert conn.execute("SELECT * FROM replicate.applied").fetchall() == [(True, 0)]
         assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'log_unchosen'"
                             ).fetchone()[0].endswith("WHERE (NOT chosen)")
@@ -78,7 +78,7 @@ def test_install_twice_changes_nothing(fresh_db: list[str]) -> None:
         assert schema.install(conn) == SCHEMA_VERSION
         assert conn.execute(CATALOG_SNAPSHOT).fetchall() == before
         assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [
-            (True, 7, 2, None, None, None, None)]
+            (True, 7, 2, None, None, None, None, 0)]
         assert conn.execute("SELECT count(*) FROM replicate.log").fetchone() == (1,)
 
 
@@ -120,6 +120,29 @@ def test_older_schema_is_upgraded(fresh_db: list[str]) -> None:
         assert schema.installed_version(conn) == SCHEMA_VERSION
         assert conn.execute("SELECT count(*) FROM replicate.fetch(1, 10)").fetchone() == (0,)
         assert conn.execute("SELECT count(*) FROM replicate.log").fetchone() == (1,)
+
+
+def test_upgrade_to_version_8_knows_the_slots_already_accepted(fresh_db: list[str]) -> None:
+    # A version 7 node with accepted slots: the upgrade sets accepted_upto to the highest, so
+    # that an Accept of a stored slot still takes INSERT ... ON CONFLICT (sql/010); with
+    # accepted_upto left at 0 it would be a plain INSERT and fail on the primary key.
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("ALTER TABLE replicate.acceptor DROP COLUMN accepted_upto")
+        for slot in (1, 2, 5):
+            conn.execute("INSERT INTO replicate.log VALUES (%s, 1, 0, %s, 'x', true)",
+                         (slot, f"r{slot}"))
+        conn.execute("UPDATE replicate.meta SET value = '7' WHERE key = 'schema_version'")
+        assert schema.install(conn) == SCHEMA_VERSION
+        assert conn.execute("SELECT accepted_upto FROM replicate.acceptor").fetchone() == (5,)
+        assert conn.execute("SELECT ok FROM replicate.accept(2, 0, 2, ARRAY['n2'], "
+                            "ARRAY['y'::bytea], 0)").fetchone() == (True,)
+        assert conn.execute("SELECT slot, request_id, chosen FROM replicate.log ORDER BY slot"
+                            ).fetchall() == [(1, "r1", True), (2, "n2", False), (5, "r5", True)]
+        # appending above it raises it
+        conn.execute("SELECT * FROM replicate.accept(2, 0, 6, ARRAY['n6', 'n7'], "
+                     "ARRAY['y'::bytea, 'z'::bytea], 0)")
+        assert conn.execute("SELECT accepted_upto FROM replicate.acceptor").fetchone() == (7,)
 
 
 def test_concurrent_installs_all_succeed(fresh_db: list[str]) -> None:

@@ -36,7 +36,8 @@ EXAMPLES = int(os.environ.get("REPLICATE_DIFF_EXAMPLES", "200"))
 
 RESET = ("TRUNCATE replicate.log; "
          "UPDATE replicate.acceptor SET promised_round = 0, promised_proposer = 0, "
-         "lease_until = NULL, marked_round = NULL, marked_proposer = NULL, marked_upto = NULL")
+         "lease_until = NULL, marked_round = NULL, marked_proposer = NULL, marked_upto = NULL, "
+         "accepted_upto = 0")
 TEN_MINUTES = 600_000
 
 
