@@ -76,8 +76,28 @@ _PQ_SQL = {Prepare: "SELECT * FROM replicate.prepare($1, $2, $3)",
 _I8, _I4 = pqconn.int8, pqconn.int4
 
 
+# The leader sends one Accept object to every acceptor: its arrays (every payload of the
+# batch) are encoded once, not once per link. Keyed by identity; the entry keeps the request
+# alive, so its id cannot be reused while it is cached.
+_ENCODED_ACCEPTS: dict[int, tuple[Accept, Query]] = {}
+_ENCODED_MAX = 8
+
+
 def query(request: AcceptorRequest) -> Query:
     """``request`` as one binary ``Query`` for a ``PqConnection`` (same call as ``encode``)."""
+    if type(request) is Accept:
+        hit = _ENCODED_ACCEPTS.get(id(request))
+        if hit is not None and hit[0] is request:
+            return hit[1]
+        encoded = _query(request)
+        if len(_ENCODED_ACCEPTS) >= _ENCODED_MAX:
+            _ENCODED_ACCEPTS.clear()
+        _ENCODED_ACCEPTS[id(request)] = (request, encoded)
+        return encoded
+    return _query(request)
+
+
+def _query(request: AcceptorRequest) -> Query:
     if isinstance(request, Accept):
         b = request.ballot
         params: tuple = (

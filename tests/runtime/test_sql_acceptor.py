@@ -28,7 +28,7 @@ from replicate.paxos.messages import (
     NOOP, Accept, Accepted, AcceptedEntry, ChosenEntry, Commit, Committed, Fetch, Fetched, Leased,
     Nack, Prepare, Promise, Value,
 )
-from replicate.runtime import schema
+from replicate.runtime import schema, sql_acceptor
 from replicate.runtime.pqconn import PqConnection
 from replicate.runtime.sql_acceptor import acall, call, decode, encode
 
@@ -282,6 +282,21 @@ def test_encode_decode_are_pure_and_reject_other_messages() -> None:
     assert decode(Commit(B1, 4), [(False, 2, 1, 0)]) == Nack(B1, B2)
     with pytest.raises(TypeError):
         encode(Committed(B1, 1))  # type: ignore[arg-type]
+
+
+def test_an_accept_sent_to_every_acceptor_is_encoded_once() -> None:
+    # The leader hands one Accept object to each acceptor link: the same Query comes back,
+    # while another request, even an equal one, is encoded afresh and alike.
+    accept = Accept(B1, 5, (X, Y), 4)
+    first = sql_acceptor.query(accept)
+    assert sql_acceptor.query(accept) is first
+    twin = sql_acceptor.query(Accept(B1, 5, (X, Y), 4))
+    assert twin == first and twin is not first
+    assert sql_acceptor.query(Accept(B1, 7, (X,), 6)).params[2] == (7).to_bytes(8, "big")
+    for slot in range(1, 40):  # bounded
+        sql_acceptor.query(Accept(B1, slot, (X,), 0))
+    assert len(sql_acceptor._ENCODED_ACCEPTS) <= sql_acceptor._ENCODED_MAX
+    assert sql_acceptor.query(Commit(B1, 4)) is not sql_acceptor.query(Commit(B1, 4))
 
 
 def test_concurrent_calls_serialise(fresh_db: list[str]) -> None:
