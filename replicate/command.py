@@ -27,6 +27,8 @@ FORMAT_VERSION = 1
 # json.dumps with arguments builds a new encoder per call (about half of what encoding an
 # entry costs); one encoder, configured once, serves every entry.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Payloads are UTF-8 (``encode``): decoded as such, without json.loads' encoding detection.
+_DECODER = json.JSONDecoder()
 
 # Session settings that change what a statement computes; an entry carries their values.
 RESULT_SETTINGS = ("search_path", "TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
@@ -36,6 +38,9 @@ RESULT_SETTINGS = ("search_path", "TimeZone", "DateStyle", "IntervalStyle", "ext
 class EntryKind(str, enum.Enum):
     STATEMENT = "statement"
     CONTROL = "control"
+
+
+_KINDS = {kind.value: kind for kind in EntryKind}
 
 
 # Control actions every node performs at the same slot.
@@ -117,16 +122,25 @@ class Entry:
 
     @classmethod
     def decode(cls, payload: bytes) -> "Entry":
+        """The entry ``payload`` encodes; ``ValueError`` ("malformed log entry: ...") for
+        anything else, the same on every node."""
         try:
-            doc = json.loads(payload)
+            doc = _DECODER.decode(payload.decode())
+            if type(doc) is not dict:
+                raise ValueError("not a JSON object")
             if doc.get("v") != FORMAT_VERSION:
                 raise ValueError(f"unknown entry format version {doc.get('v')!r}")
+            settings = doc.get("settings", {})
+            if type(settings) is not dict:
+                raise ValueError("settings is not a JSON object")
+            kind = _KINDS.get(doc.get("kind", "statement"))
+            if kind is None:
+                raise ValueError(f"unknown entry kind {doc.get('kind')!r}")
             params = tuple(Param(None if raw is None else base64.b64decode(raw), oid, bool(fmt))
                            for oid, fmt, raw in doc.get("params", ()))
-            return cls(sql=doc["sql"], params=params,
-                       settings=tuple(doc.get("settings", {}).items()), role=doc.get("role"),
-                       binary_results=bool(doc.get("binary_results", False)),
-                       kind=EntryKind(doc.get("kind", "statement")),
+            return cls(sql=doc["sql"], params=params, settings=tuple(settings.items()),
+                       role=doc.get("role"),
+                       binary_results=bool(doc.get("binary_results", False)), kind=kind,
                        control=tuple(doc.get("control", ())))
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError(f"malformed log entry: {exc}") from None

@@ -29,7 +29,12 @@ def test_outcome_round_trip() -> None:
 
 @pytest.mark.parametrize("payload", [b"", b"{", b'{"v":2,"sql":"x"}', b'{"v":1}',
                                      b'{"v":1,"sql":"x","kind":"bogus"}',
-                                     b'{"v":1,"sql":"x","params":[[1]]}'])
+                                     b'{"v":1,"sql":"x","params":[[1]]}',
+                                     # valid JSON of another shape (these raised
+                                     # AttributeError, which stopped the apply loop)
+                                     b"[1]", b"null", b'"x"', b"7",
+                                     b'{"v":1,"sql":"x","settings":[]}',
+                                     b'{"v":1,"sql":"x","kind":[]}', b"\xff"])
 def test_malformed_payload(payload: bytes) -> None:
     with pytest.raises(ValueError, match="malformed log entry"):
         Entry.decode(payload)
