@@ -92,5 +92,6 @@ __all__ = [
     "AcceptorWrite", "Addr", "Ballot", "Batch", "Chosen", "ChosenEntry", "Commit", "Committed",
     "Config", "Envelope", "Fetch", "Fetched", "Forward", "HardState", "Heartbeat",
     "InMemoryAcceptorStorage", "Leadership", "Learner", "Leased", "LeaseTracker", "Message",
-    "NOOP", "Nack", "Prepare", "Promise", "ProposeOutcome", "Ready", "Replica", "Role", "Value", "acceptor_addr", "recover", "replica_addr",
+    "NOOP", "Nack", "Prepare", "Promise", "ProposeOutcome", "Ready", "Replica", "Role", "Value",
+    "acceptor_addr", "recover", "replica_addr",
 ]
