@@ -15,6 +15,7 @@ from typing import Any
 from replicate.command import Entry, Outcome
 from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.runtime import peerwire
+from replicate.runtime.deadline import within
 
 
 class ProxyClient:
@@ -31,7 +32,7 @@ class ProxyClient:
 
     async def connect(self, timeout: float = 5.0) -> "ProxyClient":
         try:
-            reader, writer = await asyncio.wait_for(
+            reader, writer = await within(
                 asyncio.open_connection(self.host, self.port), timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             raise NodeUnavailable(f"cannot reach the proxy at {self.host}:{self.port}: {exc}") from None
@@ -81,7 +82,7 @@ class ProxyClient:
         self._pending[token] = fut
         self._writer.write(peerwire.encode(make(token)))
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await within(fut, timeout)
         finally:
             self._pending.pop(token, None)
 

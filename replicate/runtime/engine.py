@@ -65,6 +65,7 @@ from replicate.paxos.messages import (
 )
 from replicate.runtime.applier import Applier, ApplyGap, LocalApplyError
 from replicate.runtime.client import ProxyClient
+from replicate.runtime.deadline import within
 from replicate.runtime.links import AcceptorLink, PeerLink
 from replicate.runtime.readrounds import SharedRounds
 from replicate.runtime.schema import ainstall
@@ -372,7 +373,7 @@ class Engine:
                     self._hard_conn = await psycopg.AsyncConnection.connect(
                         self._local_dsn, autocommit=True,
                         connect_timeout=max(1, int(self.settings.connect_timeout_s)))
-                await asyncio.wait_for(self._hard_conn.execute(
+                await within(self._hard_conn.execute(
                     "SELECT replicate.save_round(%s, %s)", [self.index, hard.round]),
                     self.settings.request_timeout_s)
                 return
@@ -493,7 +494,7 @@ class Engine:
             if not lacking:
                 break
             try:
-                reply = await asyncio.wait_for(
+                reply = await within(
                     link.call(Fetch(lacking[0], first - lacking[0])),
                     self.settings.request_timeout_s)
             except Exception:  # noqa: BLE001 - an unreachable acceptor: ask the next one
@@ -520,8 +521,8 @@ class Engine:
         self._apply_wanted += 1
         self._apply_wakeup.set()  # stop lingering
         try:
-            await asyncio.wait_for(wait(), timeout if timeout is not None
-                                   else self.settings.submit_timeout_s)
+            await within(wait(), timeout if timeout is not None
+                         else self.settings.submit_timeout_s)
         finally:
             self._apply_wanted -= 1
 
@@ -602,14 +603,14 @@ class Engine:
             rep = self.replica
             if rep is not None and rep.role is Role.LEADER:
                 try:
-                    return await asyncio.wait_for(self.leader_read_index(),
-                                                  max(0.01, deadline - loop.time()))
+                    return await within(self.leader_read_index(),
+                                        max(0.01, deadline - loop.time()))
                 except (NotLeader, asyncio.TimeoutError):
                     pass
             elif rep is not None and rep.leader is not None and rep.leader != self.index:
                 try:
-                    return await asyncio.wait_for(self._ask_leader_read_index(rep.leader),
-                                                  min(2.0, max(0.01, deadline - loop.time())))
+                    return await within(self._ask_leader_read_index(rep.leader),
+                                        min(2.0, max(0.01, deadline - loop.time())))
                 except (NotLeader, OSError, asyncio.TimeoutError, ReplicateError):
                     pass
             if loop.time() >= deadline:
@@ -671,7 +672,7 @@ class Engine:
         """Run confirmation rounds until no read waits for one."""
         await self._serve_rounds(
             self._leader_reads,
-            lambda: asyncio.wait_for(self._confirm_round(), 2 * self.settings.request_timeout_s),
+            lambda: within(self._confirm_round(), 2 * self.settings.request_timeout_s),
             "no majority confirmed the leadership in time", (ReplicateError,),
             "a read confirmation round failed")
 
@@ -850,6 +851,6 @@ def _answer(reads: list[asyncio.Future], result: int | BaseException) -> None:
 
 async def _close(conn: psycopg.AsyncConnection) -> None:
     try:
-        await asyncio.wait_for(conn.close(), 5)
+        await within(conn.close(), 5)
     except BaseException:  # noqa: BLE001
         pass

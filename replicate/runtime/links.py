@@ -25,6 +25,7 @@ import psycopg
 
 from replicate.paxos.messages import AcceptorReply, AcceptorRequest, Commit, Heartbeat
 from replicate.runtime import peerwire
+from replicate.runtime.deadline import within
 from replicate.runtime.pqconn import PqConnection
 from replicate.runtime.sql_acceptor import acall
 
@@ -102,7 +103,7 @@ class AcceptorLink:
             asyncio.create_task(_close_quietly(conn))
 
     async def _connect(self) -> None:
-        self._conn = await asyncio.wait_for(
+        self._conn = await within(
             PqConnection.connect(self.dsn, connect_timeout=self.connect_timeout,
                                  application_name=self.application_name),
             self.connect_timeout + 1)
@@ -157,7 +158,7 @@ class AcceptorLink:
 
 async def _close_quietly(conn: PqConnection) -> None:
     try:
-        await asyncio.wait_for(conn.close(), 10)
+        await within(conn.close(), 10)
     except BaseException:  # noqa: BLE001 - a dead connection may fail to close in any way
         pass
 
@@ -199,7 +200,7 @@ class PeerLink:
         backoff = 0.05
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
+                reader, writer = await within(
                     asyncio.open_connection(self.host, self.port), 2)
             except (OSError, asyncio.TimeoutError):
                 self._queue.clear()
@@ -221,7 +222,7 @@ class PeerLink:
                     self._queue.clear()
                     self._last_heartbeat = None
                     writer.write(b"".join(frames))  # one send for everything queued
-                    await asyncio.wait_for(writer.drain(), 2)
+                    await within(writer.drain(), 2)
             except (OSError, asyncio.TimeoutError):
                 pass
             finally:

@@ -104,6 +104,7 @@ from psycopg.conninfo import conninfo_to_dict
 from replicate.errors import ProtocolError, ReplicateError
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
+from replicate.runtime.deadline import within
 
 log = logging.getLogger("replicate.relay")
 
@@ -195,7 +196,7 @@ async def _connect(loop: asyncio.AbstractEventLoop, factory, addresses: tuple[Ad
                 connect = loop.create_unix_connection(factory, f"{host}/.s.PGSQL.{port}")
             else:
                 connect = loop.create_connection(factory, host, port)
-            result = await asyncio.wait_for(connect, timeout)
+            result = await within(connect, timeout)
         except (OSError, asyncio.TimeoutError) as exc:
             failures.append(f"{describe_address(address)}: {exc or type(exc).__name__}")
             if address not in _fallbacks and len(addresses) > 1:
@@ -738,8 +739,8 @@ async def relay_client(first8: bytes, reader: asyncio.StreamReader, writer: asyn
     decoder = codec.FrontendDecoder()
     decoder.feed(first8)
     try:
-        startup = await asyncio.wait_for(_startup_phase(decoder, reader, writer, backend),
-                                         STARTUP_TIMEOUT_S)
+        startup = await within(_startup_phase(decoder, reader, writer, backend),
+                               STARTUP_TIMEOUT_S)
     except ProtocolError as exc:
         log.info("closing a client connection: the client broke the protocol: %s", exc.message)
         await _fatal(writer, "08P01", exc.message)
@@ -816,7 +817,7 @@ async def _forward_cancel(raw: bytes, backend: Address | tuple[Address, ...]) ->
     try:
         bwriter.write(raw)
         await bwriter.drain()
-        await asyncio.wait_for(breader.read(1), 5)  # the node closes when it is done
+        await within(breader.read(1), 5)  # the node closes when it is done
     except (OSError, asyncio.TimeoutError):
         pass
     finally:

@@ -24,6 +24,7 @@ import struct
 from replicate.errors import ClusterError, ProtocolError, ReplicateError
 from replicate.paxos.messages import Chosen, Forward, Heartbeat
 from replicate.runtime import peerwire
+from replicate.runtime.deadline import within
 from replicate.runtime.engine import Engine
 from replicate.runtime.relay import backend_addresses, relay_client
 
@@ -77,7 +78,7 @@ class ProxyServer:
         assert task is not None
         self._sessions.add(task)
         try:
-            first = await asyncio.wait_for(reader.readexactly(8), 30)
+            first = await within(reader.readexactly(8), 30)
             if peerwire.is_peer_startup(first):
                 await self._peer_session(reader, writer)
             else:
@@ -137,7 +138,7 @@ class ProxyServer:
             reply = peerwire.SubmitReply(frame.token, body)
         elif isinstance(frame, peerwire.ReadIndexRequest) and sender != peerwire.CLIENT:
             try:  # a follower proxy asks us, the leader, for a confirmed commit index
-                index = await asyncio.wait_for(engine.leader_read_index(), 5)
+                index = await within(engine.leader_read_index(), 5)
                 reply = peerwire.ReadIndexReply(frame.token, True, index)
             except Exception:  # noqa: BLE001 - not the leader, or lost it
                 reply = peerwire.ReadIndexReply(frame.token, False, 0)
