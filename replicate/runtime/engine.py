@@ -63,7 +63,7 @@ from replicate.paxos.messages import (
     acceptor_addr,
     replica_addr,
 )
-from replicate.runtime.applier import Applier, ApplyGap, LocalApplyError
+from replicate.runtime.applier import NODE_STARTED_SQL, Applier, ApplyGap, LocalApplyError
 from replicate.runtime.client import ProxyClient
 from replicate.runtime.deadline import within
 from replicate.runtime.links import AcceptorLink, PeerLink
@@ -99,6 +99,7 @@ class EngineSettings:
     # costs more than the batch's statements (docs/decisions.md, "Applying in fewer
     # transactions"). 0 applies at once.
     apply_linger_s: float = 0.01
+    node_probe_s: float = 1.0  # an idle apply loop reads the node's position this often
     request_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
     # Read confirmations (Commit) on a second connection per acceptor, so that they do not wait
@@ -210,6 +211,10 @@ class Engine:
         self._hard_conn: psycopg.AsyncConnection | None = None
         self._to_apply: list = []
         self._apply_wakeup = asyncio.Event()
+        # When the node's postmaster started, as of the applied slot read from it last
+        # (``check_node``); a recheck reads both again.
+        self.node_started: int | None = None
+        self._node_recheck = False
         self._apply_wanted = 0  # wait_applied calls waiting: apply without lingering
         self._waiters: dict[str, asyncio.Future] = {}
         self.applied_upto = 0
@@ -275,8 +280,10 @@ class Engine:
         row = await (await conn.execute(
             "SELECT round FROM replicate.replica_state WHERE replica_id = %s", [self.index])
         ).fetchone()
-        applied = await (await conn.execute("SELECT slot FROM replicate.applied")).fetchone()
+        applied = await (await conn.execute(
+            f"SELECT slot, {NODE_STARTED_SQL} FROM replicate.applied")).fetchone()
         self._hard_conn = conn
+        self.node_started = int(applied[1]) if applied else None
         return (int(row[0]) if row else 0), (int(applied[0]) if applied else 0)
 
     async def stop(self) -> None:
@@ -415,9 +422,18 @@ class Engine:
     async def _apply_loop(self) -> None:
         delay = 0.05
         while True:
+            if self._node_recheck:
+                if not await self._recheck_node():
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                delay = 0.05
             if not self._to_apply:
                 self._apply_wakeup.clear()
-                await self._apply_wakeup.wait()
+                try:  # idle: look at the node now and then, it may have restarted
+                    await within(self._apply_wakeup.wait(), self.settings.node_probe_s)
+                except TimeoutError:
+                    self._node_recheck = True
                 continue
             if self.settings.apply_linger_s > 0 and not self._apply_urgent():
                 await self._linger(self.settings.apply_linger_s)
@@ -449,6 +465,47 @@ class Engine:
             async with self._applied_changed:
                 self.applied_upto = batch[-1].slot
                 self._applied_changed.notify_all()
+
+    async def _recheck_node(self) -> bool:
+        """Read the node's applied slot and start time again (see ``check_node``); if it lost
+        applied slots in a crash, queue them again. False if that cannot be done now."""
+        try:
+            node_applied, started = await self.applier.node_position()
+        except (psycopg.Error, OSError) as exc:
+            self.stalled = f"local node unavailable: {exc}".strip()
+            return False
+        if node_applied < self.applied_upto \
+                and not await self._close_gap(node_applied, self.applied_upto + 1):
+            self.stalled = (f"the node lost slots {node_applied + 1}..{self.applied_upto} in a "
+                            "crash and no acceptor has them now")
+            return False
+        self._node_recheck = False
+        self.stalled = None
+        async with self._applied_changed:
+            self.node_started = started
+            self._applied_changed.notify_all()
+        return True
+
+    async def check_node(self, started: int, timeout: float | None = None) -> None:
+        """A session reached the node, started at ``started`` (``NODE_STARTED_SQL``). If that
+        is not the start this proxy's applied slot was last read under, the node restarted and
+        may have lost its last applied slots (applies commit asynchronously): wait until the
+        apply loop read its position again and queued what it lost, so that a read waiting for
+        a slot does not go to a node that lacks it."""
+        if started == self.node_started:
+            return
+
+        async def wait() -> None:
+            async with self._applied_changed:
+                await self._applied_changed.wait_for(lambda: self.node_started == started)
+        self._node_recheck = True
+        self._apply_wakeup.set()
+        try:
+            await within(wait(), timeout if timeout is not None
+                         else self.settings.submit_timeout_s)
+        except TimeoutError:
+            raise NodeUnavailable("the local node restarted and its applied position cannot "
+                                  "be read again yet", hint="retry shortly") from None
 
     def _apply_urgent(self) -> bool:
         """Someone on this proxy waits for a slot in the apply queue (or for any slot)."""

@@ -75,6 +75,7 @@ from replicate.gate.classify import mentions_registered
 from replicate.gate.template import numeric_template, reusable, reuse
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
+from replicate.runtime.applier import NODE_STARTED_SQL
 from replicate.runtime.engine import Engine
 from replicate.runtime.relay import Action, Hooks, Session
 
@@ -96,7 +97,7 @@ _SESSION_SQL = (
     "current_setting('search_path'), current_setting('TimeZone'), current_setting('DateStyle'), "
     "current_setting('IntervalStyle'), current_setting('extra_float_digits'), "
     "current_setting('bytea_output'), current_setting('standard_conforming_strings'), "
-    f"current_setting('{SETTING}', true), {{resolved}})::text")
+    f"current_setting('{SETTING}', true), {{resolved}}, {NODE_STARTED_SQL})::text")
 # The names go as hex (no quoting or standard_conforming_strings to get wrong).
 _RESOLVED_SQL = (
     "(SELECT json_object_agg(r.name, n.nspname) FROM unnest(ARRAY[{names}]::text[]) AS r(name) "
@@ -104,7 +105,7 @@ _RESOLVED_SQL = (
     "LEFT JOIN pg_namespace n ON n.oid = c.relnamespace)")
 _FACT_KEYS = ("role", "schemas", "search_path", "TimeZone", "DateStyle", "IntervalStyle",
               "extra_float_digits", "bytea_output", "standard_conforming_strings", SETTING,
-              "resolved")
+              "resolved", "node_started")
 
 
 @functools.lru_cache(maxsize=8)
@@ -422,6 +423,10 @@ class ReplicateHooks(Hooks):
         facts = dict(zip(_FACT_KEYS, values))
         facts["schemas"] = tuple(facts["schemas"] or ())
         facts["resolved"] = facts.get("resolved") or {}
+        if facts.get("node_started") is not None:
+            # The node may have restarted since the engine read its applied slot: a read
+            # below must not trust that slot before the engine has read it again.
+            await self.engine.check_node(int(facts["node_started"]))
         state.facts = facts
         state.facts_catalog = catalog
         state.facts_executions = session.executions
