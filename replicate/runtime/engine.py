@@ -214,7 +214,8 @@ class Engine:
         # When the node's postmaster started, as of the applied slot read from it last
         # (``check_node``); a recheck reads both again.
         self.node_started: int | None = None
-        self._node_recheck = False
+        self._node_asked = 0   # rechecks asked for (``_ask_node``)
+        self._node_served = 0  # the asks the last completed recheck began after
         self._apply_wanted = 0  # wait_applied calls waiting: apply without lingering
         self._waiters: dict[str, asyncio.Future] = {}
         self.applied_upto = 0
@@ -422,7 +423,7 @@ class Engine:
     async def _apply_loop(self) -> None:
         delay = 0.05
         while True:
-            if self._node_recheck:
+            if self._node_served < self._node_asked:
                 if not await self._recheck_node():
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 2.0)
@@ -433,7 +434,7 @@ class Engine:
                 try:  # idle: look at the node now and then, it may have restarted
                     await within(self._apply_wakeup.wait(), self.settings.node_probe_s)
                 except TimeoutError:
-                    self._node_recheck = True
+                    self._ask_node()
                 continue
             if self.settings.apply_linger_s > 0 and not self._apply_urgent():
                 await self._linger(self.settings.apply_linger_s)
@@ -469,6 +470,7 @@ class Engine:
     async def _recheck_node(self) -> bool:
         """Read the node's applied slot and start time again (see ``check_node``); if it lost
         applied slots in a crash, queue them again. False if that cannot be done now."""
+        asked = self._node_asked
         try:
             node_applied, started = await self.applier.node_position()
         except (psycopg.Error, OSError) as exc:
@@ -479,12 +481,29 @@ class Engine:
             self.stalled = (f"the node lost slots {node_applied + 1}..{self.applied_upto} in a "
                             "crash and no acceptor has them now")
             return False
-        self._node_recheck = False
         self.stalled = None
         async with self._applied_changed:
             self.node_started = started
+            self._node_served = asked
             self._applied_changed.notify_all()
         return True
+
+    def _ask_node(self) -> int:
+        """Ask the apply loop to read the node's position again; the ask's number."""
+        self._node_asked += 1
+        self._apply_wakeup.set()
+        return self._node_asked
+
+    async def recheck_node(self, timeout: float | None = None) -> None:
+        """Read the node's applied position again, from a read that starts after this call
+        (see ``check_node``): for a barrier, whose caller then reads the node on a connection of
+        its own."""
+        ask = self._ask_node()
+
+        async def wait() -> None:
+            async with self._applied_changed:
+                await self._applied_changed.wait_for(lambda: self._node_served >= ask)
+        await within(wait(), timeout if timeout is not None else self.settings.submit_timeout_s)
 
     async def check_node(self, started: int, timeout: float | None = None) -> None:
         """A session reached the node, started at ``started`` (``NODE_STARTED_SQL``). If that
@@ -498,8 +517,7 @@ class Engine:
         async def wait() -> None:
             async with self._applied_changed:
                 await self._applied_changed.wait_for(lambda: self.node_started == started)
-        self._node_recheck = True
-        self._apply_wakeup.set()
+        self._ask_node()
         try:
             await within(wait(), timeout if timeout is not None
                          else self.settings.submit_timeout_s)

@@ -145,6 +145,7 @@ class ProxyServer:
         elif isinstance(frame, peerwire.ReadIndexRequest):
             try:  # a client wants a linearizable barrier: read index, applied locally
                 index = await engine.read_index()
+                await engine.recheck_node()  # the node may have restarted and lost applies
                 await engine.wait_applied(index)
                 reply = peerwire.ReadIndexReply(frame.token, True, index)
             except Exception:  # noqa: BLE001 - no leader or local node too far behind
