@@ -5,10 +5,12 @@ CI; set it higher for a soak) while a seeded schedule SIGKILLs and SIGSTOPs one 
 node or one proxy at a time, and brings it back. Four clients insert keys of their own and, when
 a write's answer is lost (connection reset, a proxy gone, outcome unknown), retry the same key
 through another proxy until it is in: a retry that meets the primary key tells the write was
-applied by an earlier attempt. Two clients increment counters and never retry. Afterwards:
-every node applied the same slot and holds the same rows, every acknowledged key is there once,
-each counter lies between its acknowledged increments and those plus the unknown ones, and
-`replicate check` finds the nodes consistent.
+applied by an earlier attempt. Two clients increment counters and never retry. Two more read,
+each time on a new connection to any proxy, a key acknowledged before the read began: with the
+default linearizable reads it must be there. Afterwards: every node applied the same slot and
+holds the same rows, every acknowledged key is there once, each counter lies between its
+acknowledged increments and those plus the unknown ones, and `replicate check` finds the nodes
+consistent.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ CHAOS_S = float(os.environ.get("REPLICATE_CHAOS_S", "30"))
 SEED = int(os.environ.get("REPLICATE_CHAOS_SEED", str(random.randrange(1_000_000))))
 KEY_WRITERS = 4
 COUNTER_WRITERS = 2
+READERS = 2
 
 
 @dataclass
@@ -47,6 +50,8 @@ class Tally:
     increments: dict[int, int] = field(default_factory=dict)  # writer -> acknowledged
     unknown: dict[int, int] = field(default_factory=dict)     # writer -> answer lost
     errors: list[str] = field(default_factory=list)           # errors that must not happen
+    latest: dict[int, str] = field(default_factory=dict)      # writer -> last key acknowledged
+    reads: int = 0                                             # reads that checked a key
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -119,6 +124,7 @@ class Writer(threading.Thread):
                     continue
                 with tally.lock:
                     tally.acked.add(key)
+                    tally.latest[self.index] = key
                 break
 
     def _counter(self) -> None:
@@ -134,6 +140,36 @@ class Writer(threading.Thread):
                 continue
             with tally.lock:
                 tally.increments[self.index] = tally.increments.get(self.index, 0) + 1
+
+
+class Reader(Writer):
+    """Reads a key acknowledged before the read began, through any proxy, linearizably: the
+    row must be there (a stale read is an error; a read that fails is only skipped)."""
+
+    def run(self) -> None:
+        tally, rng = self.tally, random.Random(self.index)
+        while time.monotonic() < self.writing_until:
+            with tally.lock:
+                keys = list(tally.latest.values())
+            if not keys:
+                time.sleep(0.01)
+                continue
+            key = rng.choice(keys)
+            try:
+                found = self._connection().execute(
+                    "SELECT count(*) FROM chaos WHERE k = %s", (key,)).fetchone()[0]
+            except psycopg.Error:
+                self._failed()
+                continue
+            with tally.lock:
+                tally.reads += 1
+                if found != 1:
+                    tally.errors.append(f"{self.name} through {self.names[self.proxy]}: "
+                                        f"{key}, acknowledged before the read, not found")
+            self.proxy = rng.randrange(len(self.names))  # the next read through any proxy
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
 
 
 def _faults(cluster, rng: random.Random, until: float, done: list[str]) -> None:
@@ -217,6 +253,9 @@ def test_no_acknowledged_write_is_lost_while_processes_are_killed_and_paused(
     writers = [Writer(i, cluster, tally, writing_until, writing_until + 120,
                       counter=i >= KEY_WRITERS)
                for i in range(KEY_WRITERS + COUNTER_WRITERS)]
+    writers += [Reader(i, cluster, tally, writing_until, writing_until + 120, counter=False)
+                for i in range(KEY_WRITERS + COUNTER_WRITERS,
+                               KEY_WRITERS + COUNTER_WRITERS + READERS)]
     for w in writers:
         w.start()
     done: list[str] = []
@@ -235,10 +274,11 @@ def test_no_acknowledged_write_is_lost_while_processes_are_killed_and_paused(
         w.join(timeout=max(1.0, writing_until + 150 - time.monotonic()))
     print(f"faults: {done}")
     print(f"keys acknowledged {len(tally.acked)}, found applied on retry "
-          f"{len(tally.applied_before)}; increments {tally.increments}, unknown {tally.unknown}")
+          f"{len(tally.applied_before)}; increments {tally.increments}, unknown {tally.unknown}; "
+          f"reads {tally.reads}")
     assert not [w.name for w in writers if w.is_alive()], "a writer never finished"
     assert not tally.errors, tally.errors[:10]
-    assert len(done) >= 3 and len(tally.acked) >= 50
+    assert len(done) >= 3 and len(tally.acked) >= 50 and tally.reads >= 50
 
     rows, counters = _converged(cluster)
     keys = {k for k, _ in rows}
