@@ -79,6 +79,13 @@ class OutcomeUnknown(ReplicateError):
     sqlstate = "40003"  # statement_completion_unknown
 
 
+class NotApplied(ReplicateError):
+    """The local node did not apply the slot a read waits for in time (it is behind or
+    stalled: see the proxy's status)."""
+
+    sqlstate = "57P03"  # cannot_connect_now
+
+
 class NotLeader(ReplicateError):
     """No leader could confirm a read index in time."""
 
@@ -595,9 +602,14 @@ class Engine:
             return
         self._apply_wanted += 1
         self._apply_wakeup.set()  # stop lingering
+        seconds = timeout if timeout is not None else self.settings.submit_timeout_s
         try:
-            await within(wait(), timeout if timeout is not None
-                         else self.settings.submit_timeout_s)
+            await within(wait(), seconds)
+        except TimeoutError:
+            raise NotApplied(f"the local node has not applied slot {slot} within {seconds:g} s "
+                             f"(it is at slot {self.applied_upto})",
+                             hint="see `replicate status` for why; retry, or read from another "
+                                  "proxy") from None
         finally:
             self._apply_wanted -= 1
 
@@ -894,6 +906,8 @@ class Engine:
             "acceptors": [{"node": self.config.nodes[l.index].name, "connected": l.connected,
                            "last_error": l.last_error, "dropped": l.dropped}
                           for l in self.links],
+            "peers": [{"node": self.config.nodes[i].name, "connected": p.connected}
+                      for i, p in self.peers.items()],
             "read_index": {"leader_rounds": self._leader_reads.rounds,
                            "lease_reads": self.lease_reads,
                            "lease_remaining_ms": (self.lease.remaining(rep.ballot, _now_ms())

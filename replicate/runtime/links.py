@@ -225,6 +225,10 @@ class PeerLink:
                     await within(writer.drain(), 2)
             except (OSError, asyncio.TimeoutError):
                 pass
+            except Exception:  # noqa: BLE001 - the link must outlive any one connection
+                log.exception("peer link to proxy %d: connection failed; reconnecting",
+                              self.index)
+                await asyncio.sleep(backoff)
             finally:
                 self.connected = False
                 drain.cancel()

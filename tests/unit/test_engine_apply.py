@@ -14,7 +14,7 @@ from replicate.command import Entry, Outcome, Param, Status
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.paxos.messages import ChosenEntry, Value
 from replicate.runtime.applier import Applier
-from replicate.runtime.engine import Engine, EngineSettings
+from replicate.runtime.engine import Engine, EngineSettings, NotApplied
 
 
 class FakeApplier:
@@ -127,3 +127,16 @@ def test_a_linger_ends_when_its_timer_runs_also_on_uvloop() -> None:
         assert [b for batch in applier.batches for b in batch] == list(range(1, 61))
         task.cancel()
     uvloop.run(run())
+
+
+def test_a_read_that_waits_past_its_timeout_fails_with_a_sqlstate() -> None:
+    async def run() -> None:
+        eng, _ = engine(linger=600)
+        eng.applied_upto = 3
+        await eng.wait_applied(3, timeout=0.01)  # applied already: no wait
+        with pytest.raises(NotApplied) as caught:
+            await eng.wait_applied(4, timeout=0.01)
+        assert caught.value.sqlstate == "57P03"
+        assert "slot 4" in caught.value.message and "at slot 3" in caught.value.message
+        assert eng._apply_wanted == 0
+    asyncio.run(run())
