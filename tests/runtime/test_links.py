@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import psycopg
+import uvloop
 
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import Commit, Committed, Forward, Heartbeat, Prepare, Promise, Value
@@ -55,6 +56,59 @@ def test_peer_link_coalesces_heartbeats_and_keeps_order() -> None:
     got, _ = asyncio.run(scenario())
     assert got == [peerwire.Hello(0), Forward(Value("a", b"1")), Heartbeat(b1, 3),
                    Heartbeat(b2, 3), Forward(Value("b", b"2")), Heartbeat(b2, 4)]
+
+
+def test_peer_link_reconnects_after_a_write_to_a_closed_transport(monkeypatch) -> None:
+    """uvloop raises RuntimeError, not an OSError, for a write to a transport the peer has
+    closed (a proxy killed between the link's wake-up and its write). The link used to end
+    there for good, and the follower behind it never heard from the leader again (found by
+    tests/e2e/test_chaos.py: a proxy stuck as a candidate for minutes)."""
+    real_open = asyncio.open_connection
+
+    class ClosedWriter:
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
+                               "the handler is closed")
+
+        def close(self) -> None:
+            pass
+
+    async def scenario() -> list:
+        got: list = []
+        done = asyncio.Event()
+        attempts = 0
+
+        async def open_connection(host: str, port: int):
+            nonlocal attempts
+            attempts += 1
+            if attempts == 1:
+                return asyncio.StreamReader(), ClosedWriter()
+            return await real_open(host, port)
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            assert await reader.readexactly(8) == peerwire.STARTUP
+            decoder = peerwire.FrameDecoder()
+            while len(got) < 2 and (data := await reader.read(65536)):
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    got.append(frame)
+            done.set()
+            writer.close()
+
+        monkeypatch.setattr(asyncio, "open_connection", open_connection)
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        link = PeerLink(0, 1, "127.0.0.1", server.sockets[0].getsockname()[1])
+        link.send(Heartbeat(Ballot(3, 0), 7))
+        link.start()
+        await asyncio.wait_for(done.wait(), 10)
+        assert link._task is not None and not link._task.done()
+        await link.stop()
+        server.close()
+        return got
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        got = runner.run(scenario())
+    assert got == [peerwire.Hello(0), Heartbeat(Ballot(3, 0), 7)]
 
 
 def test_acceptor_link_times_out_a_blocked_call_and_recovers(fresh_db: list[str]) -> None:
