@@ -80,7 +80,12 @@ class ProxyClient:
         token = next(self._tokens)
         fut = asyncio.get_running_loop().create_future()
         self._pending[token] = fut
-        self._writer.write(peerwire.encode(make(token)))
+        try:
+            # uvloop raises RuntimeError, not an OSError, on a transport the proxy has closed
+            self._writer.write(peerwire.encode(make(token)))
+        except RuntimeError:
+            self._pending.pop(token, None)
+            raise NodeUnavailable("the proxy closed the connection") from None
         try:
             return await within(fut, timeout)
         finally:

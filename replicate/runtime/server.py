@@ -156,5 +156,5 @@ class ProxyServer:
         try:
             writer.write(peerwire.encode(reply))
             await writer.drain()
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):  # RuntimeError: uvloop, a closed transport
             pass

@@ -1,16 +1,21 @@
 """PeerLink: frames to another proxy, queued heartbeats coalesced, everything queued in one
-write. AcceptorLink: a call without a reply in time fails, and the link recovers."""
+write, and a link that outlives a write to a closed transport. ProxyClient: such a write is
+"the proxy is unavailable". AcceptorLink: a call without a reply in time fails, and the link
+recovers."""
 
 from __future__ import annotations
 
 import asyncio
 
 import psycopg
+import pytest
 import uvloop
 
+from replicate.errors import NodeUnavailable
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import Commit, Committed, Forward, Heartbeat, Prepare, Promise, Value
 from replicate.runtime import peerwire, schema
+from replicate.runtime.client import ProxyClient
 from replicate.runtime.links import AcceptorLink, PeerLink
 
 
@@ -109,6 +114,24 @@ def test_peer_link_reconnects_after_a_write_to_a_closed_transport(monkeypatch) -
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         got = runner.run(scenario())
     assert got == [peerwire.Hello(0), Heartbeat(Ballot(3, 0), 7)]
+
+
+def test_a_proxy_client_on_a_closed_transport_says_the_proxy_is_unavailable() -> None:
+    class ClosedWriter:
+        def write(self, data: bytes) -> None:
+            raise RuntimeError("unable to perform operation on <TCPTransport closed=True>; "
+                               "the handler is closed")
+
+    async def scenario() -> None:
+        client = ProxyClient("127.0.0.1", 9)
+        # connected, and the proxy has closed: the reader task has not seen the EOF yet
+        client._writer = ClosedWriter()  # type: ignore[assignment]
+        client._reader_task = asyncio.ensure_future(asyncio.sleep(10))
+        with pytest.raises(NodeUnavailable, match="closed the connection"):
+            await client.status(timeout=1)
+        assert client._pending == {}
+        client._reader_task.cancel()
+    asyncio.run(scenario())
 
 
 def test_acceptor_link_times_out_a_blocked_call_and_recovers(fresh_db: list[str]) -> None:
