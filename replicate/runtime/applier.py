@@ -249,7 +249,9 @@ def _result(result: Any, slot: int, rid: str) -> _Record:
 _BEGIN, _COMMIT, _ROLLBACK = Query("BEGIN"), Query("COMMIT"), Query("ROLLBACK")
 # The start time as an integer: its text does not depend on the session's settings.
 NODE_STARTED_SQL = "(extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint"
-_POSITION = Query(f"SELECT slot, {NODE_STARTED_SQL} FROM replicate.applied")
+# The node's applied slot, and the start it was read under.
+NODE_POSITION_SQL = f"SELECT slot, {NODE_STARTED_SQL} FROM replicate.applied"
+_POSITION = Query(NODE_POSITION_SQL)
 
 
 def _texts(values: Sequence[str | None]) -> bytes:
@@ -349,15 +351,11 @@ class Applier:
     async def node_position(self) -> tuple[int, int]:
         """The node's applied slot and when its postmaster started (microseconds since the
         epoch): a restarted node may have lost its last applied slots (asynchronous commits)."""
-        for attempt in (1, 2):  # an idle connection learns that the node restarted when used
-            try:
-                conn = await self._pipeline_connection()
-                (result,) = await conn.run([_POSITION])
-                return int(result.get_value(0, 0)), int(result.get_value(0, 1))
-            except psycopg.OperationalError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            (result,) = await (await self._pipeline_connection()).run([_POSITION])
+        except psycopg.OperationalError:  # an idle connection learns of a restart when used
+            (result,) = await (await self._pipeline_connection()).run([_POSITION])
+        return int(result.get_value(0, 0)), int(result.get_value(0, 1))
 
     def _prelude_query(self, key: tuple, entry: Entry) -> Query:
         """The settings query of ``entry`` (``key``: its role and settings), built once per key:

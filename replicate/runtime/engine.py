@@ -63,7 +63,7 @@ from replicate.paxos.messages import (
     acceptor_addr,
     replica_addr,
 )
-from replicate.runtime.applier import NODE_STARTED_SQL, Applier, ApplyGap, LocalApplyError
+from replicate.runtime.applier import NODE_POSITION_SQL, Applier, ApplyGap, LocalApplyError
 from replicate.runtime.client import ProxyClient
 from replicate.runtime.deadline import within
 from replicate.runtime.links import AcceptorLink, PeerLink
@@ -288,8 +288,7 @@ class Engine:
         row = await (await conn.execute(
             "SELECT round FROM replicate.replica_state WHERE replica_id = %s", [self.index])
         ).fetchone()
-        applied = await (await conn.execute(
-            f"SELECT slot, {NODE_STARTED_SQL} FROM replicate.applied")).fetchone()
+        applied = await (await conn.execute(NODE_POSITION_SQL)).fetchone()
         self._hard_conn = conn
         self.node_started = int(applied[1]) if applied else None
         return (int(row[0]) if row else 0), (int(applied[0]) if applied else 0)
@@ -502,35 +501,29 @@ class Engine:
         return self._node_asked
 
     async def recheck_node(self, timeout: float | None = None) -> None:
-        """Read the node's applied position again, from a read that starts after this call
-        (see ``check_node``): for a barrier, whose caller then reads the node on a connection of
-        its own."""
+        """Wait until the apply loop has read the node's applied slot and start time again,
+        in a read begun after this call, and queued what the node lost (applies commit
+        asynchronously: a restarted node may lack its last applied slots). For a barrier,
+        whose caller then reads the node on a connection of its own; ``check_node`` for a
+        session."""
         ask = self._ask_node()
 
         async def wait() -> None:
             async with self._applied_changed:
                 await self._applied_changed.wait_for(lambda: self._node_served >= ask)
-        await within(wait(), timeout if timeout is not None else self.settings.submit_timeout_s)
-
-    async def check_node(self, started: int, timeout: float | None = None) -> None:
-        """A session reached the node, started at ``started`` (``NODE_STARTED_SQL``). If that
-        is not the start this proxy's applied slot was last read under, the node restarted and
-        may have lost its last applied slots (applies commit asynchronously): wait until the
-        apply loop read its position again and queued what it lost, so that a read waiting for
-        a slot does not go to a node that lacks it."""
-        if started == self.node_started:
-            return
-
-        async def wait() -> None:
-            async with self._applied_changed:
-                await self._applied_changed.wait_for(lambda: self.node_started == started)
-        self._ask_node()
         try:
             await within(wait(), timeout if timeout is not None
                          else self.settings.submit_timeout_s)
         except TimeoutError:
-            raise NodeUnavailable("the local node restarted and its applied position cannot "
-                                  "be read again yet", hint="retry shortly") from None
+            raise NodeUnavailable("the local node's applied position cannot be read again "
+                                  "yet", hint="retry shortly") from None
+
+    async def check_node(self, started: int, timeout: float | None = None) -> None:
+        """A session reached the node, started at ``started`` (``NODE_STARTED_SQL``). If that
+        is not the start this proxy's applied slot was last read under, the node restarted:
+        ``recheck_node`` before a read trusts that slot."""
+        if started != self.node_started:
+            await self.recheck_node(timeout)
 
     def _apply_urgent(self) -> bool:
         """Someone on this proxy waits for a slot in the apply queue (or for any slot)."""
