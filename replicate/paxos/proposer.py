@@ -11,6 +11,12 @@ batch chosen (an ``Accepted`` or ``Committed`` reply whose ``commit_upto`` cover
 from an acceptor that accepted the batch under this ballot). So whatever a replica delivers can
 be fetched from some acceptor later, and a future leader need not re-propose it.
 
+The request ids it proposed are remembered so that a retried request (a follower forwarding it
+again, a client retrying through this proxy) is not proposed twice while the first is in
+flight. Only the newest ``REMEMBERED_IDS`` are kept: a leader may lead for months, and a
+duplicate that slips through costs a slot, not correctness (the applier applies a request id
+once, whatever the slots it was chosen in).
+
 ``recover`` is phase-1 recovery: per slot, the value with the highest accepted ballot among the
 promises, and the no-op in holes.
 """
@@ -22,6 +28,10 @@ from typing import Iterable
 
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import NOOP, Promise, Value
+
+# Request ids a leadership remembers (~100 bytes each). A client's or follower's retry comes
+# seconds after the first attempt, i.e. a few thousand slots later at most here.
+REMEMBERED_IDS = 100_000
 
 
 class Batch:
@@ -65,9 +75,9 @@ class Leadership:
     """Phase-2 state of one leader under one ballot."""
 
     def __init__(self, ballot: Ballot, n_acceptors: int, commit_upto: int, *,
-                 window: int, max_batch: int) -> None:
-        if window < 1 or max_batch < 1:
-            raise ValueError("window and max_batch must be >= 1")
+                 window: int, max_batch: int, remembered_ids: int = REMEMBERED_IDS) -> None:
+        if window < 1 or max_batch < 1 or remembered_ids < 1:
+            raise ValueError("window, max_batch and remembered_ids must be >= 1")
         self.ballot = ballot
         self.n_acceptors = n_acceptors
         self.quorum = n_acceptors // 2 + 1
@@ -81,17 +91,28 @@ class Leadership:
         self.sent_commit = commit_upto       # highest commit_upto sent to acceptors
         self.batches: dict[int, Batch] = {}  # by first_slot, ascending (insertion order)
         self.queue: deque[Value] = deque()
-        self._ids: set[str] = set()          # request ids queued or proposed in this leadership
+        self._ids: set[str] = set()          # the newest request ids queued or proposed
+        self._id_order: deque[str] = deque()  # the same ids, oldest first
+        self._remembered_ids = remembered_ids
         self._in_flight = 0
 
     # -- proposals
     def enqueue(self, value: Value, *, force: bool = False) -> bool:
-        """Queue a value for the next free slot. Without ``force``, a request id already
-        queued or proposed by this leadership is ignored (returns False)."""
+        """Queue a value for the next free slot. Without ``force``, a request id among the
+        newest ``remembered_ids`` this leadership queued or proposed is ignored (returns
+        False)."""
         if not value.is_noop:
-            if not force and value.request_id in self._ids:
-                return False
-            self._ids.add(value.request_id)
+            rid = value.request_id
+            ids = self._ids
+            if rid in ids:
+                if not force:
+                    return False
+            else:
+                ids.add(rid)
+                order = self._id_order
+                order.append(rid)
+                if len(order) > self._remembered_ids:
+                    ids.discard(order.popleft())
         self.queue.append(value)
         return True
 

@@ -69,6 +69,17 @@ def test_duplicate_request_ids_are_queued_once_per_leadership() -> None:
     assert lead.enqueue(NOOP) and lead.enqueue(NOOP)
 
 
+def test_a_leadership_remembers_only_the_newest_request_ids() -> None:
+    lead = Leadership(B1, 3, 0, window=4, max_batch=8, remembered_ids=3)
+    for i in range(1, 6):
+        assert lead.enqueue(v(i))
+    assert not lead.enqueue(v(5)) and not lead.enqueue(v(3))   # the newest three are refused
+    assert lead.enqueue(v(1))         # forgotten: queued again (the applier applies it once)
+    assert not lead.enqueue(v(1))
+    assert not lead.enqueue(v(4)) and lead.enqueue(v(3))       # 1 pushed 3 out
+    assert len(lead._ids) == len(lead._id_order) == 3
+
+
 def test_leadership_parameters_are_checked() -> None:
     with pytest.raises(ValueError):
         Leadership(B1, 3, 0, window=0, max_batch=1)
