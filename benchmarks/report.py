@@ -20,6 +20,27 @@ def _wal(per_node: dict) -> str:
     return "/".join(f"{v:.0f}" for v in per_node.values())
 
 
+def _per(per_node: dict | None, digits: int = 0) -> str:
+    if not per_node or any(v is None for v in per_node.values()):
+        return "n/a"
+    return "/".join(f"{v:,.{digits}f}" for v in per_node.values())
+
+
+MEMORY_COLUMNS = ("workload", "mode", "clients", "WAL B/txn direct",
+                  "WAL B/txn proxied (n1/n2/n3)", "WAL x", "DB B/txn direct",
+                  "DB B/txn proxied (n1/n2/n3)", "DB x", "proxy RSS MB (n1/n2/n3)",
+                  "RSS growth KB/1k")
+
+
+def memory_row(c: dict) -> tuple[str, ...]:
+    """One comparison's storage and memory figures, formatted (stdout and Markdown)."""
+    return (c["workload"], c["mode"], str(c["clients"]),
+            _f(c.get("direct_wal_bytes_per_txn"), 0), _per(c.get("proxied_wal_bytes_per_txn")),
+            _f(c.get("wal_bytes_ratio"), 1), _f(c.get("direct_db_bytes_per_txn"), 0),
+            _per(c.get("proxied_db_bytes_per_txn")), _f(c.get("db_bytes_ratio"), 1),
+            _per(c.get("proxy_rss_mb"), 1), _f(c.get("proxy_rss_growth_kb_per_1k"), 1))
+
+
 def print_report(data: dict, console: Console | None = None) -> None:
     console = console or Console(width=200)
     meta = data["meta"]
@@ -47,6 +68,17 @@ def print_report(data: dict, console: Console | None = None) -> None:
             _f(c["p50_ratio"], 1), _f(direct_wal, 0), _wal(c["proxied_wal_syncs_per_1k"]),
             _f(c["proxy_cpu_s_per_1k"], 2), "; ".join(c["errors"])[:60])
     console.print(table)
+
+    memory = Table(title="storage per transaction on each node (WAL, database) and proxy memory")
+    for i, name in enumerate(MEMORY_COLUMNS):
+        memory.add_column(name, justify="left" if i < 2 else "right")  # type: ignore[arg-type]
+    for c in data["comparisons"]:
+        memory.add_row(*memory_row(c))
+    console.print(memory)
+    peak = meta.get("proxy_peak_rss_mb") or {}
+    if peak:
+        console.print("proxy peak resident set over the run (VmHWM): "
+                      + ", ".join(f"{k} {_f(v, 1)} MB" for k, v in peak.items()))
 
     targets = Table(title="issue 8 targets")
     for name in ("target", "mode", "clients", "value", "goal", "met"):
@@ -100,7 +132,7 @@ def write_chart(data: dict, path: Path) -> Path | None:
     meta = data["meta"]
     fig.suptitle(f"replicate (3 nodes, fsync on) vs direct PostgreSQL "
                  f"{meta['postgresql'].split()[0]}, {meta['started'][:16]}Z", fontsize=10)
-    handles, labels = {}, []
+    handles: dict = {}
     for ax in axes[0]:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
@@ -133,6 +165,13 @@ def markdown(data: dict) -> str:
             f"| {_f(c['proxied_p50_ms'], 2)} / {_f(c['proxied_p99_ms'], 2)} "
             f"| {_f(c['p50_ratio'], 1)} | {_f(direct_wal, 0)} "
             f"| {_wal(c['proxied_wal_syncs_per_1k'])} | {_f(c['proxy_cpu_s_per_1k'], 2)} |")
+    lines += ["", "| " + " | ".join(MEMORY_COLUMNS) + " |",
+              "|---|---|" + "--:|" * (len(MEMORY_COLUMNS) - 2)]
+    lines += ["| " + " | ".join(memory_row(c)) + " |" for c in data["comparisons"]]
+    peak = meta.get("proxy_peak_rss_mb") or {}
+    if peak:
+        lines += ["", "Proxy peak resident set over the run (VmHWM): "
+                  + ", ".join(f"{k} {_f(v, 1)} MB" for k, v in peak.items()) + "."]
     lines += ["", "| target | mode | clients | now | goal | met |", "|---|---|--:|--:|--:|---|"]
     for t in data["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]

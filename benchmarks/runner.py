@@ -18,8 +18,12 @@ One run:
 4. reports per configuration: throughput (median of the rounds' tps), p50 and p99 latency (exact,
    from every transaction of every round), the proxied/direct ratios, WAL syncs per 1,000
    transactions on each node (``pg_stat_wal.wal_sync`` deltas) and the CPU seconds of all three
-   proxies per 1,000 transactions (utime + stime from /proc); a table on stdout, ``bench.json``
-   and ``bench.png``;
+   proxies per 1,000 transactions (utime + stime from /proc); and for memory and storage: WAL
+   bytes and database bytes per transaction on each node (``pg_stat_wal.wal_bytes`` and
+   ``pg_database_size`` deltas; proxied against direct as a ratio), each proxy's resident set
+   after the configuration and its growth per 1,000 transactions (VmRSS from /proc), and each
+   proxy's peak resident set over the whole run (VmHWM); tables on stdout, ``bench.json`` and
+   ``bench.png``;
 5. destroys the cluster in a ``finally`` (also on Ctrl-C and SIGTERM).
 
 Workloads (pgbench scripts):
@@ -134,7 +138,11 @@ class Run:
     failed: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     wal_syncs: dict[str, int] = field(default_factory=dict)
+    wal_bytes: dict[str, int] = field(default_factory=dict)
+    db_bytes: dict[str, int] = field(default_factory=dict)
     proxy_cpu_s: float = 0.0
+    proxy_rss_kb: dict[str, int] = field(default_factory=dict)  # after the run, per proxy
+    proxy_rss_growth_kb: int = 0                                # summed over the proxies
     error: str | None = None
 
 
@@ -197,26 +205,77 @@ def proc_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks  # fields 14 and 15 of proc(5)
 
 
+def proc_memory_kb(pid: int | None, key: str = "VmRSS") -> int | None:
+    """A memory figure of a process from /proc/PID/status (VmRSS: resident now, VmHWM: the
+    peak resident set), in KiB; None if the process is gone."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """Counters read before and after a run; a run's figures are the differences."""
+
+    wal_syncs: dict[str, int | None]
+    wal_bytes: dict[str, int | None]
+    db_bytes: dict[str, int | None]
+    proxy_cpu_s: float
+    proxy_rss_kb: dict[str, int | None]
+
+
+def deltas(before: dict[str, int | None], after: dict[str, int | None]) -> dict[str, int]:
+    return {k: after[k] - before[k] for k in before  # type: ignore[operator]
+            if before[k] is not None and after.get(k) is not None}
+
+
 class Probe:
-    """WAL sync counters of every node and CPU time of every proxy."""
+    """Per node: WAL syncs, WAL bytes and database size; per proxy: CPU time and memory."""
 
     def __init__(self, cluster: LocalCluster) -> None:
         self.cluster = cluster
         self.conns = {n.name: psycopg.connect(n.dsn, autocommit=True) for n in cluster.nodes}
-        self.proxy_pids = [p.pid() for p in cluster.proxies]
-        self.wal_available = all(self._wal_one(c) is not None for c in self.conns.values())
+        self.proxy_pids = {p.name: p.pid() for p in cluster.proxies}
+        # pg_stat_wal exists from PostgreSQL 14 on
+        self.wal_available = all(self._wal_one(c) != (None, None) for c in self.conns.values())
 
     @staticmethod
-    def _wal_one(conn: psycopg.Connection) -> int | None:
+    def _wal_one(conn: psycopg.Connection) -> tuple[int | None, int | None]:
         try:
-            return int(conn.execute("SELECT wal_sync FROM pg_stat_wal").fetchone()[0])
+            syncs, size = conn.execute("SELECT wal_sync, wal_bytes FROM pg_stat_wal").fetchone()
+            return int(syncs), int(size)
+        except psycopg.Error:
+            return None, None
+
+    @staticmethod
+    def _db_size(conn: psycopg.Connection) -> int | None:
+        try:
+            return int(conn.execute("SELECT pg_database_size(current_database())").fetchone()[0])
         except psycopg.Error:
             return None
 
-    def sample(self) -> tuple[dict[str, int | None], float]:
+    def sample(self) -> Sample:
         wal = {name: self._wal_one(conn) for name, conn in self.conns.items()}
-        cpu = sum(proc_cpu_seconds(pid) for pid in self.proxy_pids)
-        return wal, cpu
+        return Sample(
+            wal_syncs={name: w[0] for name, w in wal.items()},
+            wal_bytes={name: w[1] for name, w in wal.items()},
+            db_bytes={name: self._db_size(conn) for name, conn in self.conns.items()},
+            proxy_cpu_s=sum(proc_cpu_seconds(pid) for pid in self.proxy_pids.values()),
+            proxy_rss_kb={name: proc_memory_kb(pid) for name, pid in self.proxy_pids.items()})
+
+    def peak_rss_mb(self) -> dict[str, float | None]:
+        """Each proxy's peak resident set so far (VmHWM), in MiB."""
+        out: dict[str, float | None] = {}
+        for name, pid in self.proxy_pids.items():
+            kb = proc_memory_kb(pid, "VmHWM")
+            out[name] = None if kb is None else round(kb / 1024, 1)
+        return out
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -349,13 +408,21 @@ def aggregate(runs: list[Run], node_names: list[str]) -> dict:
             return None
         return round(lat[min(len(lat) - 1, int(q * len(lat)))], 3)
 
-    wal: dict[str, float | None] = {}
-    for name in node_names:
-        deltas = [r.wal_syncs.get(name) for r in runs]
-        if txns and all(d is not None for d in deltas):
-            wal[name] = round(1000 * sum(deltas) / txns, 1)  # type: ignore[arg-type]
-        else:
-            wal[name] = None
+    def per_node(attr: str, scale: int, digits: int) -> dict[str, float | None]:
+        out: dict[str, float | None] = {}
+        for name in node_names:
+            values = [getattr(r, attr).get(name) for r in runs]
+            if txns and all(v is not None for v in values):
+                out[name] = round(scale * sum(values) / txns, digits)  # type: ignore[arg-type]
+            else:
+                out[name] = None
+        return out
+
+    rss: dict[str, float | None] = {}
+    for r in runs:
+        for name, kb in r.proxy_rss_kb.items():
+            if kb is not None and (rss.get(name) is None or kb / 1024 > rss[name]):
+                rss[name] = round(kb / 1024, 1)
     return {
         "tps": round(statistics.median(tps), 1) if tps else 0.0,
         "tps_rounds": [round(r.tps, 1) for r in runs],
@@ -363,9 +430,14 @@ def aggregate(runs: list[Run], node_names: list[str]) -> dict:
         "p99_ms": pct(0.99),
         "transactions": txns,
         "failed": sum(r.failed for r in runs),
-        "wal_syncs_per_1k": wal,
+        "wal_syncs_per_1k": per_node("wal_syncs", 1000, 1),
+        "wal_bytes_per_txn": per_node("wal_bytes", 1, 0),
+        "db_bytes_per_txn": per_node("db_bytes", 1, 0),
         "proxy_cpu_s_per_1k": round(1000 * sum(r.proxy_cpu_s for r in runs) / txns, 3)
         if txns else None,
+        "proxy_rss_mb": rss,
+        "proxy_rss_growth_kb_per_1k": round(
+            1000 * sum(r.proxy_rss_growth_kb for r in runs) / txns, 1) if txns else None,
         "errors": sorted({r.error for r in runs if r.error}),
     }
 
@@ -376,7 +448,15 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3)
 
 
-def build_comparisons(results: list[dict]) -> list[dict]:
+def worst(per_node: dict[str, float | None]) -> float | None:
+    values = list(per_node.values())
+    if not values or any(v is None for v in values):
+        return None
+    return max(values)  # type: ignore[type-var]
+
+
+def build_comparisons(results: list[dict], node: str) -> list[dict]:
+    """Proxied against direct per cell; ``node`` is the one the direct runs used."""
     index = {(r["workload"], r["mode"], r["clients"], r["target"]): r for r in results}
     out = []
     for r in results:
@@ -396,6 +476,17 @@ def build_comparisons(results: list[dict]) -> list[dict]:
             "direct_wal_syncs_per_1k": d["wal_syncs_per_1k"],
             "proxied_wal_syncs_per_1k": r["wal_syncs_per_1k"],
             "proxy_cpu_s_per_1k": r["proxy_cpu_s_per_1k"],
+            # storage: the direct node against the node of the cluster that wrote the most
+            "direct_wal_bytes_per_txn": d["wal_bytes_per_txn"].get(node),
+            "proxied_wal_bytes_per_txn": r["wal_bytes_per_txn"],
+            "wal_bytes_ratio": ratio(worst(r["wal_bytes_per_txn"]),
+                                     d["wal_bytes_per_txn"].get(node)),
+            "direct_db_bytes_per_txn": d["db_bytes_per_txn"].get(node),
+            "proxied_db_bytes_per_txn": r["db_bytes_per_txn"],
+            "db_bytes_ratio": ratio(worst(r["db_bytes_per_txn"]),
+                                    d["db_bytes_per_txn"].get(node)),
+            "proxy_rss_mb": r["proxy_rss_mb"],
+            "proxy_rss_growth_kb_per_1k": r["proxy_rss_growth_kb_per_1k"],
             "errors": d["errors"] + r["errors"],
         })
     return out
@@ -474,15 +565,19 @@ def run_benchmark(settings: Settings) -> dict:
             if target.kind == "proxied" and target.workload.consistency:
                 env["PGOPTIONS"] = f"-c replicate.read_consistency={target.workload.consistency}"
             port = proxy_port if target.kind == "proxied" else node_port
-            wal0, cpu0 = probe.sample()  # type: ignore[union-attr]
+            before = probe.sample()  # type: ignore[union-attr]
             run = pgbench(port, scripts[(target.workload.key, target.kind)], clients=clients,
                           mode=mode, duration=duration, log_dir=log_dir, env=env)
             if target.workload.writes:
                 time.sleep(WRITE_SETTLE_S)
-            wal1, cpu1 = probe.sample()  # type: ignore[union-attr]
-            run.wal_syncs = {n: (wal1[n] - wal0[n]) for n in names  # type: ignore[operator]
-                             if wal0[n] is not None and wal1[n] is not None}
-            run.proxy_cpu_s = cpu1 - cpu0
+            after = probe.sample()  # type: ignore[union-attr]
+            run.wal_syncs = deltas(before.wal_syncs, after.wal_syncs)
+            run.wal_bytes = deltas(before.wal_bytes, after.wal_bytes)
+            run.db_bytes = deltas(before.db_bytes, after.db_bytes)
+            run.proxy_cpu_s = after.proxy_cpu_s - before.proxy_cpu_s
+            run.proxy_rss_kb = {k: v for k, v in after.proxy_rss_kb.items() if v is not None}
+            run.proxy_rss_growth_kb = sum(deltas(before.proxy_rss_kb,
+                                                 after.proxy_rss_kb).values())
             return run
 
         # Warm-up (not recorded): every script once, briefly, on both sides.
@@ -522,7 +617,8 @@ def run_benchmark(settings: Settings) -> dict:
                                              "W4"])}
         results.sort(key=lambda r: (order[r["workload"]], r["mode"], r["clients"], r["target"]))
         check = run_check(cluster)
-        comparisons = build_comparisons(results)
+        comparisons = build_comparisons(results, chosen)
+        peak_rss = probe.peak_rss_mb()
         finished = datetime.now(timezone.utc)
         return {
             "meta": {
@@ -537,6 +633,7 @@ def run_benchmark(settings: Settings) -> dict:
                 "read_lease_ms": cluster.config.read_lease_ms,
                 "postgresql": server_version, "wal_sync_available": probe.wal_available,
                 "write_settle_s": WRITE_SETTLE_S,
+                "proxy_peak_rss_mb": peak_rss,
                 "machine": machine(),
                 "notes": [
                     "tps: median over rounds (pgbench, without connection time); p50/p99: "
@@ -546,6 +643,12 @@ def run_benchmark(settings: Settings) -> dict:
                     "during the run and the settle time after write runs",
                     "direct W1/W2 write accounts_direct (unregistered); direct W3 reads "
                     "accounts; W3-local and W3-linearizable share the direct W3 run",
+                    "wal_bytes_per_txn and db_bytes_per_txn: pg_stat_wal.wal_bytes and "
+                    "pg_database_size deltas per transaction on each node; the ratios put the "
+                    "cluster node with the most against the direct node",
+                    "proxy_rss_mb: each proxy's VmRSS after the configuration's last run; "
+                    "proxy_rss_growth_kb_per_1k: VmRSS growth over the runs, summed over the "
+                    "proxies, per 1,000 transactions; proxy_peak_rss_mb: VmHWM at the end",
                 ],
             },
             "results": results,
