@@ -27,7 +27,8 @@ def _per(per_node: dict | None, digits: int = 0) -> str:
 
 
 MEMORY_COLUMNS = ("workload", "mode", "clients", "WAL B/txn direct",
-                  "WAL B/txn proxied (n1/n2/n3)", "WAL x", "DB B/txn direct",
+                  "WAL B/txn proxied (n1/n2/n3)", "WAL x", "FPI/1k direct",
+                  "FPI/1k proxied (n1/n2/n3)", "DB B/txn direct",
                   "DB B/txn proxied (n1/n2/n3)", "DB x", "proxy RSS MB (n1/n2/n3)",
                   "RSS growth KB/1k")
 
@@ -36,7 +37,8 @@ def memory_row(c: dict) -> tuple[str, ...]:
     """One comparison's storage and memory figures, formatted (stdout and Markdown)."""
     return (c["workload"], c["mode"], str(c["clients"]),
             _f(c.get("direct_wal_bytes_per_txn"), 0), _per(c.get("proxied_wal_bytes_per_txn")),
-            _f(c.get("wal_bytes_ratio"), 1), _f(c.get("direct_db_bytes_per_txn"), 0),
+            _f(c.get("wal_bytes_ratio"), 1), _f(c.get("direct_wal_fpi_per_1k"), 0),
+            _per(c.get("proxied_wal_fpi_per_1k")), _f(c.get("direct_db_bytes_per_txn"), 0),
             _per(c.get("proxied_db_bytes_per_txn")), _f(c.get("db_bytes_ratio"), 1),
             _per(c.get("proxy_rss_mb"), 1), _f(c.get("proxy_rss_growth_kb_per_1k"), 1))
 

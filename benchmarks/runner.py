@@ -139,6 +139,7 @@ class Run:
     latencies_ms: list[float] = field(default_factory=list)
     wal_syncs: dict[str, int] = field(default_factory=dict)
     wal_bytes: dict[str, int] = field(default_factory=dict)
+    wal_fpi: dict[str, int] = field(default_factory=dict)
     db_bytes: dict[str, int] = field(default_factory=dict)
     proxy_cpu_s: float = 0.0
     proxy_rss_kb: dict[str, int] = field(default_factory=dict)  # after the run, per proxy
@@ -225,6 +226,7 @@ class Sample:
 
     wal_syncs: dict[str, int | None]
     wal_bytes: dict[str, int | None]
+    wal_fpi: dict[str, int | None]   # full-page images: a page's first change after a checkpoint
     db_bytes: dict[str, int | None]
     proxy_cpu_s: float
     proxy_rss_kb: dict[str, int | None]
@@ -243,15 +245,16 @@ class Probe:
         self.conns = {n.name: psycopg.connect(n.dsn, autocommit=True) for n in cluster.nodes}
         self.proxy_pids = {p.name: p.pid() for p in cluster.proxies}
         # pg_stat_wal exists from PostgreSQL 14 on
-        self.wal_available = all(self._wal_one(c) != (None, None) for c in self.conns.values())
+        self.wal_available = all(self._wal_one(c)[0] is not None for c in self.conns.values())
 
     @staticmethod
-    def _wal_one(conn: psycopg.Connection) -> tuple[int | None, int | None]:
+    def _wal_one(conn: psycopg.Connection) -> tuple[int | None, int | None, int | None]:
         try:
-            syncs, size = conn.execute("SELECT wal_sync, wal_bytes FROM pg_stat_wal").fetchone()
-            return int(syncs), int(size)
+            syncs, size, fpi = conn.execute(
+                "SELECT wal_sync, wal_bytes, wal_fpi FROM pg_stat_wal").fetchone()
+            return int(syncs), int(size), int(fpi)
         except psycopg.Error:
-            return None, None
+            return None, None, None
 
     @staticmethod
     def _db_size(conn: psycopg.Connection) -> int | None:
@@ -265,6 +268,7 @@ class Probe:
         return Sample(
             wal_syncs={name: w[0] for name, w in wal.items()},
             wal_bytes={name: w[1] for name, w in wal.items()},
+            wal_fpi={name: w[2] for name, w in wal.items()},
             db_bytes={name: self._db_size(conn) for name, conn in self.conns.items()},
             proxy_cpu_s=sum(proc_cpu_seconds(pid) for pid in self.proxy_pids.values()),
             proxy_rss_kb={name: proc_memory_kb(pid) for name, pid in self.proxy_pids.items()})
@@ -432,6 +436,7 @@ def aggregate(runs: list[Run], node_names: list[str]) -> dict:
         "failed": sum(r.failed for r in runs),
         "wal_syncs_per_1k": per_node("wal_syncs", 1000, 1),
         "wal_bytes_per_txn": per_node("wal_bytes", 1, 0),
+        "wal_fpi_per_1k": per_node("wal_fpi", 1000, 1),
         "db_bytes_per_txn": per_node("db_bytes", 1, 0),
         "proxy_cpu_s_per_1k": round(1000 * sum(r.proxy_cpu_s for r in runs) / txns, 3)
         if txns else None,
@@ -481,6 +486,8 @@ def build_comparisons(results: list[dict], node: str) -> list[dict]:
             "proxied_wal_bytes_per_txn": r["wal_bytes_per_txn"],
             "wal_bytes_ratio": ratio(worst(r["wal_bytes_per_txn"]),
                                      d["wal_bytes_per_txn"].get(node)),
+            "direct_wal_fpi_per_1k": d["wal_fpi_per_1k"].get(node),
+            "proxied_wal_fpi_per_1k": r["wal_fpi_per_1k"],
             "direct_db_bytes_per_txn": d["db_bytes_per_txn"].get(node),
             "proxied_db_bytes_per_txn": r["db_bytes_per_txn"],
             "db_bytes_ratio": ratio(worst(r["db_bytes_per_txn"]),
@@ -573,6 +580,7 @@ def run_benchmark(settings: Settings) -> dict:
             after = probe.sample()  # type: ignore[union-attr]
             run.wal_syncs = deltas(before.wal_syncs, after.wal_syncs)
             run.wal_bytes = deltas(before.wal_bytes, after.wal_bytes)
+            run.wal_fpi = deltas(before.wal_fpi, after.wal_fpi)
             run.db_bytes = deltas(before.db_bytes, after.db_bytes)
             run.proxy_cpu_s = after.proxy_cpu_s - before.proxy_cpu_s
             run.proxy_rss_kb = {k: v for k, v in after.proxy_rss_kb.items() if v is not None}
@@ -645,7 +653,9 @@ def run_benchmark(settings: Settings) -> dict:
                     "accounts; W3-local and W3-linearizable share the direct W3 run",
                     "wal_bytes_per_txn and db_bytes_per_txn: pg_stat_wal.wal_bytes and "
                     "pg_database_size deltas per transaction on each node; the ratios put the "
-                    "cluster node with the most against the direct node",
+                    "cluster node with the most against the direct node; wal_fpi_per_1k: full-"
+                    "page images per 1,000 transactions (pg_stat_wal.wal_fpi), the first change "
+                    "to each page after a checkpoint, which the runner does not schedule",
                     "proxy_rss_mb: each proxy's VmRSS after the configuration's last run; "
                     "proxy_rss_growth_kb_per_1k: VmRSS growth over the runs, summed over the "
                     "proxies, per 1,000 transactions; proxy_peak_rss_mb: VmHWM at the end",

@@ -47,13 +47,16 @@ def test_quick_benchmark_run() -> None:
         assert set(w2["proxy_rss_mb"]) == {"n1", "n2", "n3"}
         assert all(mb > 0 for mb in w2["proxy_rss_mb"].values()), w2
         assert set(data["meta"]["proxy_peak_rss_mb"]) == {"n1", "n2", "n3"}
-        assert all(mb >= w2["proxy_rss_mb"][n] for n, mb in data["meta"]["proxy_peak_rss_mb"].items())
+        peak = data["meta"]["proxy_peak_rss_mb"]
+        assert all(mb >= w2["proxy_rss_mb"][n] for n, mb in peak.items()), peak
         assert all(b is not None for b in w2["db_bytes_per_txn"].values()), w2
         if data["meta"]["wal_sync_available"]:  # pg_stat_wal: PostgreSQL 14 and newer
             # every node logs every replicated write; the direct run logs on its node only
             assert all(b > 0 for b in w2["wal_bytes_per_txn"].values()), w2
             assert comparisons["W2"]["direct_wal_bytes_per_txn"] > 0, comparisons["W2"]
             assert comparisons["W2"]["wal_bytes_ratio"] > 0, comparisons["W2"]
+            assert set(w2["wal_fpi_per_1k"]) == {"n1", "n2", "n3"}
+            assert all(v is not None and v >= 0 for v in w2["wal_fpi_per_1k"].values()), w2
         assert "proxy RSS" in result.stdout and "WAL B/txn" in result.stdout
         assert {t["workload"] for t in data["targets"]} == {"W2", "W4"}
         assert data["check"]["exit_code"] == 0, data["check"]
