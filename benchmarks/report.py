@@ -29,8 +29,7 @@ def _per(per_node: dict | None, digits: int = 0) -> str:
 MEMORY_COLUMNS = ("workload", "mode", "clients", "WAL B/txn direct",
                   "WAL B/txn proxied (n1/n2/n3)", "WAL x", "FPI/1k direct",
                   "FPI/1k proxied (n1/n2/n3)", "DB B/txn direct",
-                  "DB B/txn proxied (n1/n2/n3)", "DB x", "proxy RSS MB (n1/n2/n3)",
-                  "RSS growth KB/1k")
+                  "DB B/txn proxied (n1/n2/n3)", "DB x", "proxy RSS MB (n1/n2/n3)")
 
 
 def memory_row(c: dict) -> tuple[str, ...]:
@@ -40,7 +39,15 @@ def memory_row(c: dict) -> tuple[str, ...]:
             _f(c.get("wal_bytes_ratio"), 1), _f(c.get("direct_wal_fpi_per_1k"), 0),
             _per(c.get("proxied_wal_fpi_per_1k")), _f(c.get("direct_db_bytes_per_txn"), 0),
             _per(c.get("proxied_db_bytes_per_txn")), _f(c.get("db_bytes_ratio"), 1),
-            _per(c.get("proxy_rss_mb"), 1), _f(c.get("proxy_rss_growth_kb_per_1k"), 1))
+            _per(c.get("proxy_rss_mb"), 1))
+
+
+def _rss_line(meta: dict) -> str:
+    start, peak = meta.get("proxy_rss_mb_at_start") or {}, meta.get("proxy_peak_rss_mb") or {}
+    if not peak:
+        return ""
+    return ("Proxy resident set at the start -> peak over the run (VmHWM): "
+            + ", ".join(f"{k} {_f(start.get(k), 1)} -> {_f(v, 1)} MB" for k, v in peak.items()))
 
 
 def print_report(data: dict, console: Console | None = None) -> None:
@@ -77,10 +84,8 @@ def print_report(data: dict, console: Console | None = None) -> None:
     for c in data["comparisons"]:
         memory.add_row(*memory_row(c))
     console.print(memory)
-    peak = meta.get("proxy_peak_rss_mb") or {}
-    if peak:
-        console.print("proxy peak resident set over the run (VmHWM): "
-                      + ", ".join(f"{k} {_f(v, 1)} MB" for k, v in peak.items()))
+    if line := _rss_line(meta):
+        console.print(line)
 
     targets = Table(title="issue 8 targets")
     for name in ("target", "mode", "clients", "value", "goal", "met"):
@@ -170,10 +175,8 @@ def markdown(data: dict) -> str:
     lines += ["", "| " + " | ".join(MEMORY_COLUMNS) + " |",
               "|---|---|" + "--:|" * (len(MEMORY_COLUMNS) - 2)]
     lines += ["| " + " | ".join(memory_row(c)) + " |" for c in data["comparisons"]]
-    peak = meta.get("proxy_peak_rss_mb") or {}
-    if peak:
-        lines += ["", "Proxy peak resident set over the run (VmHWM): "
-                  + ", ".join(f"{k} {_f(v, 1)} MB" for k, v in peak.items()) + "."]
+    if line := _rss_line(meta):
+        lines += ["", line + "."]
     lines += ["", "| target | mode | clients | now | goal | met |", "|---|---|--:|--:|--:|---|"]
     for t in data["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]

@@ -21,8 +21,8 @@ One run:
    proxies per 1,000 transactions (utime + stime from /proc); and for memory and storage: WAL
    bytes and database bytes per transaction on each node (``pg_stat_wal.wal_bytes`` and
    ``pg_database_size`` deltas; proxied against direct as a ratio), each proxy's resident set
-   after the configuration and its growth per 1,000 transactions (VmRSS from /proc), and each
-   proxy's peak resident set over the whole run (VmHWM); tables on stdout, ``bench.json`` and
+   after each configuration (VmRSS from /proc; at the start of the run too), and each proxy's
+   peak resident set over the whole run (VmHWM); tables on stdout, ``bench.json`` and
    ``bench.png``;
 5. destroys the cluster in a ``finally`` (also on Ctrl-C and SIGTERM).
 
@@ -143,7 +143,6 @@ class Run:
     db_bytes: dict[str, int] = field(default_factory=dict)
     proxy_cpu_s: float = 0.0
     proxy_rss_kb: dict[str, int] = field(default_factory=dict)  # after the run, per proxy
-    proxy_rss_growth_kb: int = 0                                # summed over the proxies
     error: str | None = None
 
 
@@ -441,8 +440,6 @@ def aggregate(runs: list[Run], node_names: list[str]) -> dict:
         "proxy_cpu_s_per_1k": round(1000 * sum(r.proxy_cpu_s for r in runs) / txns, 3)
         if txns else None,
         "proxy_rss_mb": rss,
-        "proxy_rss_growth_kb_per_1k": round(
-            1000 * sum(r.proxy_rss_growth_kb for r in runs) / txns, 1) if txns else None,
         "errors": sorted({r.error for r in runs if r.error}),
     }
 
@@ -493,7 +490,6 @@ def build_comparisons(results: list[dict], node: str) -> list[dict]:
             "db_bytes_ratio": ratio(worst(r["db_bytes_per_txn"]),
                                     d["db_bytes_per_txn"].get(node)),
             "proxy_rss_mb": r["proxy_rss_mb"],
-            "proxy_rss_growth_kb_per_1k": r["proxy_rss_growth_kb_per_1k"],
             "errors": d["errors"] + r["errors"],
         })
     return out
@@ -555,6 +551,8 @@ def run_benchmark(settings: Settings) -> dict:
         with psycopg.connect(node.dsn) as conn:
             server_version = conn.execute("SHOW server_version").fetchone()[0]
         probe = Probe(cluster)
+        rss_at_start = {name: None if kb is None else round(kb / 1024, 1)
+                        for name, kb in probe.sample().proxy_rss_kb.items()}
 
         scripts: dict[tuple[str, str], Path] = {}
         for w in WORKLOADS:
@@ -584,8 +582,6 @@ def run_benchmark(settings: Settings) -> dict:
             run.db_bytes = deltas(before.db_bytes, after.db_bytes)
             run.proxy_cpu_s = after.proxy_cpu_s - before.proxy_cpu_s
             run.proxy_rss_kb = {k: v for k, v in after.proxy_rss_kb.items() if v is not None}
-            run.proxy_rss_growth_kb = sum(deltas(before.proxy_rss_kb,
-                                                 after.proxy_rss_kb).values())
             return run
 
         # Warm-up (not recorded): every script once, briefly, on both sides.
@@ -641,6 +637,7 @@ def run_benchmark(settings: Settings) -> dict:
                 "read_lease_ms": cluster.config.read_lease_ms,
                 "postgresql": server_version, "wal_sync_available": probe.wal_available,
                 "write_settle_s": WRITE_SETTLE_S,
+                "proxy_rss_mb_at_start": rss_at_start,
                 "proxy_peak_rss_mb": peak_rss,
                 "machine": machine(),
                 "notes": [
@@ -656,9 +653,9 @@ def run_benchmark(settings: Settings) -> dict:
                     "cluster node with the most against the direct node; wal_fpi_per_1k: full-"
                     "page images per 1,000 transactions (pg_stat_wal.wal_fpi), the first change "
                     "to each page after a checkpoint, which the runner does not schedule",
-                    "proxy_rss_mb: each proxy's VmRSS after the configuration's last run; "
-                    "proxy_rss_growth_kb_per_1k: VmRSS growth over the runs, summed over the "
-                    "proxies, per 1,000 transactions; proxy_peak_rss_mb: VmHWM at the end",
+                    "proxy_rss_mb: each proxy's largest VmRSS after one of the configuration's "
+                    "runs (sessions closed); proxy_rss_mb_at_start: before the warm-up; "
+                    "proxy_peak_rss_mb: VmHWM at the end (with sessions open)",
                 ],
             },
             "results": results,

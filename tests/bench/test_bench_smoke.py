@@ -47,6 +47,7 @@ def test_quick_benchmark_run() -> None:
         assert set(w2["proxy_rss_mb"]) == {"n1", "n2", "n3"}
         assert all(mb > 0 for mb in w2["proxy_rss_mb"].values()), w2
         assert set(data["meta"]["proxy_peak_rss_mb"]) == {"n1", "n2", "n3"}
+        assert set(data["meta"]["proxy_rss_mb_at_start"]) == {"n1", "n2", "n3"}
         peak = data["meta"]["proxy_peak_rss_mb"]
         assert all(mb >= w2["proxy_rss_mb"][n] for n, mb in peak.items()), peak
         assert all(b is not None for b in w2["db_bytes_per_txn"].values()), w2
