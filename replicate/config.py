@@ -44,7 +44,7 @@ READ_CONSISTENCIES = ("local", "session", "linearizable")
 DEFAULT_CONFIG = Path("cluster.toml")
 
 _CLUSTER_KEYS = {"name", "read_consistency", "connect_timeout_s", "write_timeout_s",
-                 "apply_timeout_ms", "apply_linger_ms", "read_lease_ms"}
+                 "apply_timeout_ms", "apply_linger_ms", "apply_backlog", "read_lease_ms"}
 _NODE_KEYS = {"name", "dsn", "proxy", "data_dir", "socket_dir"}
 
 
@@ -106,6 +106,7 @@ class ClusterConfig:
     write_timeout_s: float = 15.0
     apply_timeout_ms: int = 5000
     apply_linger_ms: int = 10
+    apply_backlog: int = 100_000
     read_lease_ms: int = 500
     path: Path | None = field(default=None, compare=False)
 
@@ -176,6 +177,10 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
     if isinstance(apply_linger, bool) or not isinstance(apply_linger, int) or apply_linger < 0:
         raise ConfigError("[cluster]: apply_linger_ms must be a whole number of milliseconds, "
                           ">= 0")
+    apply_backlog = cluster.get("apply_backlog", 100_000)
+    if isinstance(apply_backlog, bool) or not isinstance(apply_backlog, int) \
+            or apply_backlog < 1:
+        raise ConfigError("[cluster]: apply_backlog must be a whole number of slots, >= 1")
     read_lease = cluster.get("read_lease_ms", 500)
     if isinstance(read_lease, bool) or not isinstance(read_lease, int) \
             or not 0 <= read_lease <= 10_000:
@@ -231,7 +236,7 @@ def parse_config(data: dict[str, Any], *, path: Path | None = None) -> ClusterCo
     return ClusterConfig(nodes=tuple(nodes), name=name, read_consistency=read_consistency,
                          connect_timeout_s=float(timeout), write_timeout_s=float(write_timeout),
                          apply_timeout_ms=apply_timeout, apply_linger_ms=apply_linger,
-                         read_lease_ms=read_lease, path=path)
+                         apply_backlog=apply_backlog, read_lease_ms=read_lease, path=path)
 
 
 def load_config(path: Path | str = DEFAULT_CONFIG) -> ClusterConfig:
@@ -270,6 +275,7 @@ def dump_config(config: ClusterConfig) -> str:
             "write_timeout_s": config.write_timeout_s,
             "apply_timeout_ms": config.apply_timeout_ms,
             "apply_linger_ms": config.apply_linger_ms,
+            "apply_backlog": config.apply_backlog,
             "read_lease_ms": config.read_lease_ms,
         },
         "nodes": nodes,

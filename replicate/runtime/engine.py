@@ -48,7 +48,7 @@ import os
 import random
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import psycopg
 
@@ -107,6 +107,10 @@ class EngineSettings:
     # transactions"). 0 applies at once.
     apply_linger_s: float = 0.01
     node_probe_s: float = 1.0  # an idle apply loop reads the node's position this often
+    # Chosen slots held in memory for the local node. While the node is down (or slower than
+    # the cluster) the newer ones are dropped and fetched again from the acceptors when the
+    # queue has room, so that a long outage costs the proxy no more memory than this.
+    apply_backlog: int = 100_000
     request_timeout_s: float = 2.0
     connect_timeout_s: float = 2.0
     # Read confirmations (Commit) on a second connection per acceptor, so that they do not wait
@@ -217,6 +221,11 @@ class Engine:
         self._local_dsn = config.nodes[self.index].dsn
         self._hard_conn: psycopg.AsyncConnection | None = None
         self._to_apply: list = []
+        # Chosen slots shed_from..shed_upto were dropped, not queued (``apply_backlog``): the
+        # apply loop fetches them from the acceptors once the queue is empty. None: none.
+        self._shed_from: int | None = None
+        self._shed_upto = 0
+        self.shed_slots = 0   # slots dropped so far (status)
         self._apply_wakeup = asyncio.Event()
         # When the node's postmaster started, as of the applied slot read from it last
         # (``check_node``); a recheck reads both again.
@@ -371,8 +380,7 @@ class Engine:
                 if env.dst.role == "acceptor":
                     self._send(env)
             if ready.chosen:
-                self._to_apply.extend(ready.chosen)
-                self._apply_wakeup.set()
+                self._queue_chosen(ready.chosen)
             for env in ready.messages:
                 if env.dst.role != "acceptor":
                     self._send(env)
@@ -426,6 +434,43 @@ class Engine:
                     fut.set_exception(NotLeader("this proxy lost the leadership"))
 
     # ------------------------------------------------------------------ applying
+    def _queue_chosen(self, entries: Sequence[ChosenEntry]) -> None:
+        """Queue chosen slots for the local node, at most ``apply_backlog`` of them; the
+        rest are dropped and fetched again later (``_refill``), in order."""
+        queue = self._to_apply
+        if self._shed_from is None:
+            room = self.settings.apply_backlog - len(queue)
+            if len(entries) <= room:
+                queue.extend(entries)
+                self._apply_wakeup.set()
+                return
+            room = max(room, 0)
+            queue.extend(entries[:room])
+            entries = entries[room:]
+            self._shed_from = entries[0].slot
+            log.warning("%s: %d chosen slots wait for the local node; slots from %d on are "
+                        "fetched from the acceptors once they are applied", self.name,
+                        len(queue), self._shed_from)
+        self._shed_upto = max(self._shed_upto, entries[-1].slot)
+        self.shed_slots += len(entries)
+        self._apply_wakeup.set()
+
+    async def _refill(self) -> bool:
+        """Fetch dropped slots from the acceptors into the (empty) apply queue. False if none
+        could be fetched now."""
+        first = self._shed_from
+        assert first is not None
+        last = min(self._shed_upto, first + min(self.settings.apply_backlog, 1000) - 1)
+        got = await self._fetch_chosen(range(first, last + 1))
+        n = 0
+        while first + n <= last and first + n in got:
+            n += 1
+        if not n:
+            return False
+        self._to_apply.extend(ChosenEntry(s, got[s]) for s in range(first, first + n))
+        self._shed_from = first + n if first + n <= self._shed_upto else None
+        return True
+
     async def _apply_loop(self) -> None:
         delay = 0.05
         while True:
@@ -435,6 +480,15 @@ class Engine:
                     delay = min(delay * 2, 2.0)
                     continue
                 delay = 0.05
+            if not self._to_apply and self._shed_from is not None:
+                if await self._refill():
+                    delay = 0.05
+                else:
+                    self.stalled = (f"chosen slots from {self._shed_from} on cannot be "
+                                    "fetched from the acceptors now")
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                continue
             if not self._to_apply:
                 self._apply_wakeup.clear()
                 try:  # idle: look at the node now and then, it may have restarted
@@ -559,24 +613,14 @@ class Engine:
         """
         if node_applied >= first:
             del self._to_apply[:node_applied - first + 1]
+            if self._shed_from is not None and node_applied >= self._shed_from:
+                # the node is past slots this proxy dropped (another proxy applied them?)
+                self._shed_from = node_applied + 1 if node_applied < self._shed_upto else None
             async with self._applied_changed:
                 self.applied_upto = node_applied
             return True
         needed = range(node_applied + 1, first)
-        missing: dict[int, Value] = {}
-        for link in self.links:
-            lacking = [slot for slot in needed if slot not in missing]
-            if not lacking:
-                break
-            try:
-                reply = await within(
-                    link.call(Fetch(lacking[0], first - lacking[0])),
-                    self.settings.request_timeout_s)
-            except Exception:  # noqa: BLE001 - an unreachable acceptor: ask the next one
-                continue
-            for entry in getattr(reply, "entries", ()):
-                if entry.slot < first:
-                    missing.setdefault(entry.slot, entry.value)
+        missing = await self._fetch_chosen(needed)
         if any(slot not in missing for slot in needed):
             return False
         log.warning("%s: the node lost slots %d..%d in a crash; applying them again",
@@ -585,6 +629,24 @@ class Engine:
         async with self._applied_changed:
             self.applied_upto = node_applied
         return True
+
+    async def _fetch_chosen(self, needed: range) -> dict[int, Value]:
+        """The chosen values of the slots in ``needed`` that the acceptors give back now."""
+        found: dict[int, Value] = {}
+        end = needed.stop
+        for link in self.links:
+            lacking = [slot for slot in needed if slot not in found]
+            if not lacking:
+                break
+            try:
+                reply = await within(link.call(Fetch(lacking[0], end - lacking[0])),
+                                     self.settings.request_timeout_s)
+            except Exception:  # noqa: BLE001 - an unreachable acceptor: ask the next one
+                continue
+            for entry in getattr(reply, "entries", ()):
+                if entry.slot < end:
+                    found.setdefault(entry.slot, entry.value)
+        return found
 
     async def wait_applied(self, slot: int, timeout: float | None = None) -> None:
         """Wait until the local node has applied every slot up to ``slot``."""
@@ -895,6 +957,9 @@ class Engine:
             "delivered_upto": rep.delivered_upto if rep else None,
             "applied_upto": self.applied_upto,
             "pending_apply": len(self._to_apply),
+            "shed_slots": self.shed_slots,
+            "shed_pending": (0 if self._shed_from is None
+                             else self._shed_upto - self._shed_from + 1),
             "stalled": self.stalled,
             "acceptors": [{"node": self.config.nodes[l.index].name, "connected": l.connected,
                            "last_error": l.last_error, "dropped": l.dropped}

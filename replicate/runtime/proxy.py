@@ -35,6 +35,7 @@ def settings_for(config: ClusterConfig) -> EngineSettings:
     return EngineSettings(submit_timeout_s=config.write_timeout_s,
                           apply_timeout_ms=config.apply_timeout_ms,
                           apply_linger_s=config.apply_linger_ms / 1000,
+                          apply_backlog=config.apply_backlog,
                           read_lease_ms=config.read_lease_ms,
                           connect_timeout_s=min(config.connect_timeout_s, 2.0))
 

@@ -18,14 +18,15 @@ INSERT = "INSERT INTO events (k) VALUES ($1)"
 
 
 def start_replicated(cluster: LocalCluster, *, write_timeout_s: float = 10.0,
-                     apply_timeout_ms: int = 1000, read_lease_ms: int = 500) -> ClusterConfig:
+                     apply_timeout_ms: int = 1000, read_lease_ms: int = 500,
+                     apply_backlog: int = 100_000) -> ClusterConfig:
     """Create the test table on every node, tune timeouts, start the proxies, wait for a leader."""
     config = load_config(cluster.config_path)
     config = ClusterConfig(nodes=config.nodes, name=config.name,
                            read_consistency=config.read_consistency,
                            connect_timeout_s=config.connect_timeout_s,
                            write_timeout_s=write_timeout_s, apply_timeout_ms=apply_timeout_ms,
-                           read_lease_ms=read_lease_ms)
+                           read_lease_ms=read_lease_ms, apply_backlog=apply_backlog)
     write_config(config, cluster.config_path)
     cluster.config = load_config(cluster.config_path)
     for node in cluster.nodes:

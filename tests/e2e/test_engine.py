@@ -117,6 +117,37 @@ def test_sigkill_of_the_leader_proxy_fails_over(make_cluster) -> None:
     assert_exactly_once(keys, log.acked)
 
 
+def test_a_proxy_whose_node_is_down_drops_its_backlog_and_fetches_it_later(make_cluster) -> None:
+    # apply_backlog: the proxy of a node that is down holds at most that many chosen slots;
+    # the rest it fetches from the acceptors when the node is back (so a long outage costs
+    # it no memory), and the node still ends with every write exactly once
+    cluster = make_cluster(3)
+    start_replicated(cluster, apply_backlog=25)
+    victim = cluster.nodes[2]
+    log = WriteLog()
+
+    async def run() -> dict:
+        cs = await clients(cluster, {"n1", "n2"})
+        victim.kill(signal.SIGKILL)
+        await asyncio.gather(
+            write_keys(cs[0], [f"a{i:03d}" for i in range(200)], log, concurrency=5),
+            write_keys(cs[1], [f"b{i:03d}" for i in range(200)], log, concurrency=5))
+        for c in cs:
+            await c.close()
+        return (await statuses(cluster))["n3"]
+
+    status = asyncio.run(run())
+    assert not log.failed, list(log.failed.items())[:5]
+    assert status is not None and status["applied_upto"] + 300 < status["delivered_upto"], status
+    assert status["pending_apply"] <= 25, status
+    assert status["shed_slots"] >= 300 and status["shed_pending"] > 0, status
+    cluster.start()  # the node returns; its proxy applies what it held, then fetches the rest
+    slot, keys = wait_converged(cluster)
+    assert len(keys) == 400
+    assert_exactly_once(keys, log.acked)
+    assert "fetched from the acceptors" in cluster.proxies[2].log_tail(200)
+
+
 def test_sigstop_of_a_node_does_not_stop_commits(make_cluster) -> None:
     cluster = make_cluster(3)
     start_replicated(cluster, write_timeout_s=8.0)

@@ -42,17 +42,18 @@ def test_defaults() -> None:
     assert config.read_consistency == "linearizable"
     assert config.connect_timeout_s == 5.0
     assert config.apply_linger_ms == 10
+    assert config.apply_backlog == 100_000
     assert config.read_lease_ms == 500
 
 
 def test_the_proxy_takes_the_apply_settings_from_the_config() -> None:
     from replicate.runtime.proxy import settings_for
     config = parse_config({"cluster": {"apply_linger_ms": 25, "apply_timeout_ms": 900,
-                                       "read_lease_ms": 0},
+                                       "read_lease_ms": 0, "apply_backlog": 5000},
                            "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]})
     settings = settings_for(config)
     assert settings.apply_linger_s == 0.025 and settings.apply_timeout_ms == 900
-    assert settings.read_lease_ms == 0
+    assert settings.read_lease_ms == 0 and settings.apply_backlog == 5000
 
 
 def test_round_trip(tmp_path: Path) -> None:
@@ -61,7 +62,7 @@ def test_round_trip(tmp_path: Path) -> None:
                                   NodeConfig("n2", "dbname=y", "127.0.0.1:7")),
                            name="c", read_consistency="local", connect_timeout_s=2.5,
                            write_timeout_s=3.0, apply_timeout_ms=700, apply_linger_ms=0,
-                           read_lease_ms=250)
+                           apply_backlog=64, read_lease_ms=250)
     write_config(config, tmp_path / "cluster.toml")
     assert load_config(tmp_path / "cluster.toml") == config
     assert "data_dir" in dump_config(config)
@@ -88,6 +89,10 @@ def test_round_trip(tmp_path: Path) -> None:
       "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "apply_linger_ms"),
     ({"cluster": {"apply_linger_ms": 2.5},
       "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "apply_linger_ms"),
+    ({"cluster": {"apply_backlog": 0},
+      "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "apply_backlog"),
+    ({"cluster": {"apply_backlog": "many"},
+      "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "apply_backlog"),
     ({"cluster": {"read_lease_ms": 10_001},
       "nodes": [{"name": "a", "dsn": "dbname=x", "proxy": "h:1"}]}, "read_lease_ms"),
     ({"cluster": {"read_lease_ms": True},
