@@ -151,6 +151,8 @@ class NodeStatus:
     lag: int | None = None          # slots behind the leader's commit index
     stalled: str | None = None      # why the node cannot apply, from its proxy
     pending_apply: int | None = None
+    shed_slots: int | None = None   # chosen slots dropped beyond apply_backlog, to fetch again
+    shed_pending: int | None = None  # of those, not fetched yet
     acceptors: tuple[AcceptorLink, ...] = ()
     proxy_error: str | None = None
     database: str | None = None     # for a down proxy: "up" | "down" (checked directly)
@@ -230,6 +232,7 @@ def summarize(config: ClusterConfig, reports: Sequence[dict[str, Any] | str],
             commit_upto=report.get("commit_upto"),
             lag=None if applied is None or commit is None else max(0, commit - applied),
             stalled=report.get("stalled"), pending_apply=report.get("pending_apply"),
+            shed_slots=report.get("shed_slots"), shed_pending=report.get("shed_pending"),
             acceptors=tuple(AcceptorLink(a["node"], bool(a["connected"]), a.get("last_error"))
                             for a in report.get("acceptors", ()))))
     return ClusterStatus(config.name, leader, source.get("ballot") if source else None, commit,

@@ -257,8 +257,16 @@ class Replica:
         elif isinstance(msg, Chosen):
             self._on_chosen(src, msg)
         elif isinstance(msg, Fetched):
+            known = self.learner.known_upto()
             for e in msg.entries:
                 self.learner.learn(e.slot, e.value)
+            if self.learner.lagging() and self.learner.known_upto() > known:
+                # still behind, and this acceptor had what we lacked: ask it for the next
+                # slots now instead of at the next fetch tick (one Fetch per round trip, not
+                # fetch_limit slots per fetch period). A reply that taught nothing new (a
+                # duplicate, an acceptor that lacks the slots) does not, so fetches started
+                # by ticks do not add up.
+                self._fetch_now(src)
         elif isinstance(msg, Promise):
             self._on_promise(src, msg)
         elif isinstance(msg, Nack):

@@ -270,3 +270,30 @@ def test_a_follower_that_campaigns_recovers_what_it_applied_unmarked() -> None:
     assert [c.slot for c in take(r).chosen] == [1]
     r.campaign()
     assert {e.msg.from_slot for e in take(r).messages if type(e.msg) is Prepare} == {1}
+
+
+def test_a_lagging_follower_fetches_again_as_soon_as_a_reply_teaches_it_something() -> None:
+    # catching up at one Fetch per round trip, not fetch_limit slots per fetch period: a node
+    # that came back 43,000 slots behind took 105 s at one Fetch of 64 per 100 ms
+    r = make(2)
+    leader = Ballot(1, 0)
+    r.step(Envelope(replica_addr(0), r.addr, Heartbeat(leader, 200)))  # 200 slots behind
+    fetches = [e for e in take(r).messages if type(e.msg) is Fetch]
+    assert [f.msg for f in fetches] == [Fetch(1, CFG.fetch_limit)]
+    src = fetches[0].dst.id
+    first = tuple(ChosenEntry(s, Value(f"v{s}", b"x")) for s in range(1, CFG.fetch_limit + 1))
+    r.step(Envelope(acceptor_addr(src), r.addr, Fetched(1, first)))
+    again = [e for e in take(r).messages if type(e.msg) is Fetch]
+    assert [(e.dst.id, e.msg) for e in again] == [(src, Fetch(CFG.fetch_limit + 1,
+                                                              CFG.fetch_limit))]
+    # the same reply again (a fetch a tick started) teaches nothing: no second chain of fetches
+    r.step(Envelope(acceptor_addr(src), r.addr, Fetched(1, first)))
+    assert not [e for e in take(r).messages if type(e.msg) is Fetch]
+    # nor does a reply from an acceptor that lacks the slots
+    r.step(Envelope(acceptor_addr(1), r.addr, Fetched(CFG.fetch_limit + 1, ())))
+    assert not [e for e in take(r).messages if type(e.msg) is Fetch]
+    # caught up: no more fetches
+    rest = tuple(ChosenEntry(s, Value(f"v{s}", b"x")) for s in range(CFG.fetch_limit + 1, 201))
+    r.step(Envelope(acceptor_addr(src), r.addr, Fetched(CFG.fetch_limit + 1, rest)))
+    assert not [e for e in take(r).messages if type(e.msg) is Fetch]
+    assert r.learner.delivered_upto == 200

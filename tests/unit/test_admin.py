@@ -96,7 +96,7 @@ def report(name: str, role: str, ballot: str, applied: int, commit: int | None =
            stalled: str | None = None, leader: str | None = "n1") -> dict:
     return {"node": name, "role": role, "leader": leader, "ballot": ballot,
             "commit_upto": commit, "delivered_upto": applied, "applied_upto": applied,
-            "pending_apply": 0, "stalled": stalled,
+            "pending_apply": 0, "shed_slots": 7, "shed_pending": 3, "stalled": stalled,
             "acceptors": [{"node": n, "connected": role == "leader", "last_error": None,
                            "dropped": 0} for n in ("n1", "n2", "n3")]}
 
@@ -113,6 +113,8 @@ def test_summarize_healthy_stalled_and_down() -> None:
     assert (n3.state, n3.database, n3.applied_upto, n3.lag) == ("down", "up", 9, 3)
     assert n3.proxy_error == "cannot reach the proxy"
     assert status.reachable == 2
+    assert status.to_dict()["nodes"][1]["shed_slots"] == 7   # dropped beyond apply_backlog
+    assert status.to_dict()["nodes"][1]["shed_pending"] == 3
     assert status.to_dict()["nodes"][0]["acceptors"][0] == {"node": "n1", "connected": True,
                                                             "last_error": None}
     stalled = summarize(CONFIG, [report("n1", "leader", "4.1", 12, commit=12),
