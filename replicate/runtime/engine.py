@@ -473,21 +473,27 @@ class Engine:
 
     async def _apply_loop(self) -> None:
         delay = 0.05
+
+        async def back_off(reason: str | None = None) -> None:
+            """Stalled (``reason``, if not set already): wait longer each time until progress."""
+            nonlocal delay
+            if reason is not None:
+                self.stalled = reason
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
         while True:
             if self._node_served < self._node_asked:
                 if not await self._recheck_node():
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await back_off()
                     continue
                 delay = 0.05
             if not self._to_apply and self._shed_from is not None:
                 if await self._refill():
                     delay = 0.05
                 else:
-                    self.stalled = (f"chosen slots from {self._shed_from} on cannot be "
-                                    "fetched from the acceptors now")
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    await back_off(f"chosen slots from {self._shed_from} on cannot be fetched "
+                                   "from the acceptors now")
                 continue
             if not self._to_apply:
                 self._apply_wakeup.clear()
@@ -504,15 +510,11 @@ class Engine:
             except ApplyGap as gap:
                 if await self._close_gap(gap.node_applied, batch[0].slot):
                     continue
-                self.stalled = gap.message
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await back_off(gap.message)
                 continue
             except LocalApplyError as exc:
-                self.stalled = exc.message
                 log.warning("%s: stalled at slot %d: %s", self.name, batch[0].slot, exc.message)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await back_off(exc.message)
                 continue
             delay = 0.05
             self.stalled = None
