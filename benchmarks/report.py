@@ -14,13 +14,8 @@ def _f(value, digits: int = 1, suffix: str = "") -> str:
     return f"{value:,.{digits}f}{suffix}"
 
 
-def _wal(per_node: dict) -> str:
-    if not per_node or any(v is None for v in per_node.values()):
-        return "n/a"
-    return "/".join(f"{v:.0f}" for v in per_node.values())
-
-
 def _per(per_node: dict | None, digits: int = 0) -> str:
+    """A figure per node, n1/n2/n3 ("n/a" if any node lacks it)."""
     if not per_node or any(v is None for v in per_node.values()):
         return "n/a"
     return "/".join(f"{v:,.{digits}f}" for v in per_node.values())
@@ -74,7 +69,7 @@ def print_report(data: dict, console: Console | None = None) -> None:
             _f(c["direct_tps"]), _f(c["proxied_tps"]), _f(c["tps_ratio"], 2),
             f"{_f(c['direct_p50_ms'], 2)}/{_f(c['direct_p99_ms'], 2)}",
             f"{_f(c['proxied_p50_ms'], 2)}/{_f(c['proxied_p99_ms'], 2)}",
-            _f(c["p50_ratio"], 1), _f(direct_wal, 0), _wal(c["proxied_wal_syncs_per_1k"]),
+            _f(c["p50_ratio"], 1), _f(direct_wal, 0), _per(c["proxied_wal_syncs_per_1k"]),
             _f(c["proxy_cpu_s_per_1k"], 2), "; ".join(c["errors"])[:60])
     console.print(table)
 
@@ -171,7 +166,7 @@ def markdown(data: dict) -> str:
             f"| {_f(c['direct_p50_ms'], 2)} / {_f(c['direct_p99_ms'], 2)} "
             f"| {_f(c['proxied_p50_ms'], 2)} / {_f(c['proxied_p99_ms'], 2)} "
             f"| {_f(c['p50_ratio'], 1)} | {_f(direct_wal, 0)} "
-            f"| {_wal(c['proxied_wal_syncs_per_1k'])} | {_f(c['proxy_cpu_s_per_1k'], 2)} |")
+            f"| {_per(c['proxied_wal_syncs_per_1k'])} | {_f(c['proxy_cpu_s_per_1k'], 2)} |")
     lines += ["", "| " + " | ".join(MEMORY_COLUMNS) + " |",
               "|---|---|" + "--:|" * (len(MEMORY_COLUMNS) - 2)]
     lines += ["| " + " | ".join(memory_row(c)) + " |" for c in data["comparisons"]]

@@ -219,6 +219,10 @@ def proc_memory_kb(pid: int | None, key: str = "VmRSS") -> int | None:
     return None
 
 
+def mib(kb: int | None) -> float | None:
+    return None if kb is None else round(kb / 1024, 1)
+
+
 @dataclass(frozen=True)
 class Sample:
     """Counters read before and after a run; a run's figures are the differences."""
@@ -274,11 +278,8 @@ class Probe:
 
     def peak_rss_mb(self) -> dict[str, float | None]:
         """Each proxy's peak resident set so far (VmHWM), in MiB."""
-        out: dict[str, float | None] = {}
-        for name, pid in self.proxy_pids.items():
-            kb = proc_memory_kb(pid, "VmHWM")
-            out[name] = None if kb is None else round(kb / 1024, 1)
-        return out
+        return {name: mib(proc_memory_kb(pid, "VmHWM"))
+                for name, pid in self.proxy_pids.items()}
 
     def close(self) -> None:
         for conn in self.conns.values():
@@ -421,11 +422,10 @@ def aggregate(runs: list[Run], node_names: list[str]) -> dict:
                 out[name] = None
         return out
 
-    rss: dict[str, float | None] = {}
+    rss: dict[str, float | None] = {}  # the largest after any of the runs
     for r in runs:
         for name, kb in r.proxy_rss_kb.items():
-            if kb is not None and (rss.get(name) is None or kb / 1024 > rss[name]):
-                rss[name] = round(kb / 1024, 1)
+            rss[name] = max(rss.get(name) or 0.0, mib(kb))  # type: ignore[type-var]
     return {
         "tps": round(statistics.median(tps), 1) if tps else 0.0,
         "tps_rounds": [round(r.tps, 1) for r in runs],
@@ -551,8 +551,7 @@ def run_benchmark(settings: Settings) -> dict:
         with psycopg.connect(node.dsn) as conn:
             server_version = conn.execute("SHOW server_version").fetchone()[0]
         probe = Probe(cluster)
-        rss_at_start = {name: None if kb is None else round(kb / 1024, 1)
-                        for name, kb in probe.sample().proxy_rss_kb.items()}
+        rss_at_start = {name: mib(kb) for name, kb in probe.sample().proxy_rss_kb.items()}
 
         scripts: dict[tuple[str, str], Path] = {}
         for w in WORKLOADS:
