@@ -29,11 +29,11 @@ class FakeApplier:
                 for e in entries]
 
 
-def engine(linger: float) -> tuple[Engine, FakeApplier]:
+def engine(linger: float, **settings) -> tuple[Engine, FakeApplier]:
     config = ClusterConfig(nodes=tuple(
         NodeConfig(f"n{i}", f"host=127.0.0.1 port=9 dbname=x{i}", f"127.0.0.1:{i}")
         for i in (1, 2, 3)))
-    eng = Engine(config, "n2", EngineSettings(apply_linger_s=linger))
+    eng = Engine(config, "n2", EngineSettings(apply_linger_s=linger, **settings))
     eng.applier = FakeApplier()
     return eng, eng.applier
 
@@ -171,12 +171,8 @@ class FetchLink:
         return Fetched(msg.from_slot, tuple(ChosenEntry(s, self.values[s]) for s in slots))
 
 
-def backlog_engine(backlog: int) -> tuple[Engine, DownApplier, dict[int, Value]]:
-    config = ClusterConfig(nodes=tuple(
-        NodeConfig(f"n{i}", f"host=127.0.0.1 port=9 dbname=x{i}", f"127.0.0.1:{i}")
-        for i in (1, 2, 3)))
-    eng = Engine(config, "n2", EngineSettings(apply_linger_s=0, apply_backlog=backlog,
-                                              node_probe_s=600))
+def backlog_engine(backlog: int, **settings) -> tuple[Engine, DownApplier, dict[int, Value]]:
+    eng, _ = engine(0, apply_backlog=backlog, node_probe_s=600, **settings)
     eng.applier = DownApplier()
     acceptor: dict[int, Value] = {}
     eng.links = [FetchLink(acceptor)]
@@ -218,9 +214,7 @@ def test_a_proxy_whose_node_is_down_holds_at_most_its_backlog() -> None:
 
 def test_dropped_slots_the_acceptors_do_not_have_yet_are_fetched_later() -> None:
     async def run() -> None:
-        eng, applier, acceptor = backlog_engine(backlog=2)
-        eng.settings = EngineSettings(apply_linger_s=0, apply_backlog=2, node_probe_s=600,
-                                      request_timeout_s=1)
+        eng, applier, acceptor = backlog_engine(backlog=2, request_timeout_s=1)
         applier.up = True
         eng._queue_chosen([ChosenEntry(s, Value(f"other.{s}", b"x")) for s in (1, 2, 3, 4)])
         acceptor[1] = acceptor[2] = Value("x", b"x")  # 3 and 4 are not marked anywhere yet
