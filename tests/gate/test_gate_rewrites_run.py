@@ -55,6 +55,7 @@ def test_replicated_texts_run_on_postgres(fresh_db) -> None:
     ran = 0
     failures = []
     with psycopg.connect(fresh_db[0]) as conn:
+        has_merge = conn.info.server_version >= 150000  # MERGE came with PostgreSQL 15
         conn.execute(SCHEMA)
         for case in load_cases():
             decisions = classify(case.sql, catalog, search_path=case.search_path, now=NOW,
@@ -62,6 +63,8 @@ def test_replicated_texts_run_on_postgres(fresh_db) -> None:
             for d in decisions:
                 if not isinstance(d, Replicate) or d.copy_in or d.text.lstrip().upper() \
                         .startswith("COPY"):
+                    continue
+                if not has_merge and d.text.lstrip().upper().startswith("MERGE"):
                     continue
                 conn.execute("SAVEPOINT s")
                 conn.execute("SELECT set_config('search_path', %s, true)",
