@@ -247,26 +247,32 @@ def explain(
 @app.command()
 def init(config: ConfigOption = DEFAULT_CONFIG, as_json: JsonOption = False) -> None:
     """Install or upgrade the replicate schema on every node of the cluster (idempotent)."""
-    from replicate.runtime.schema import SCHEMA_VERSION, install_cluster
+    from replicate.runtime.schema import SCHEMA_VERSION, install_cluster, mixed_majors
 
     cluster_config = run(lambda: load_config(config))
     reports = install_cluster(cluster_config)
+    warning = mixed_majors({r.name: r.server_version for r in reports if r.server_version})
     if as_json:
         print(json.dumps({"schema_version": SCHEMA_VERSION, "ok": all(r.ok for r in reports),
-                          "nodes": [{"name": r.name, "before": r.before, "after": r.after,
+                          "warning": warning,
+                          "nodes": [{"name": r.name, "postgresql": r.server_version,
+                                     "before": r.before, "after": r.after,
                                      "sqlstate": r.sqlstate, "error": r.error}
                                     for r in reports]}, indent=2))
     else:
         table = Table(title=f"replicate schema (version {SCHEMA_VERSION}) on cluster "
                             f"[bold]{cluster_config.name}[/]", title_justify="left")
-        for column in ("node", "before", "after", "result"):
+        for column in ("node", "postgresql", "before", "after", "result"):
             table.add_column(column)
         for r in reports:
             result = ("[green]up to date[/]" if r.before == r.after else "[green]installed[/]"
                       ) if r.ok else f"[red]{r.sqlstate}[/] {r.error}"
-            table.add_row(r.name, "-" if r.before is None else str(r.before),
+            table.add_row(r.name, r.server_version or "-",
+                          "-" if r.before is None else str(r.before),
                           "-" if r.after is None else str(r.after), result)
         out.print(table)
+    if warning:
+        err.print(f"[bold yellow]warning[/]: {warning}", highlight=False)
     failed = [r.name for r in reports if not r.ok]
     if failed:
         err.print(f"[bold red]error[/]: schema not installed on {', '.join(failed)}",

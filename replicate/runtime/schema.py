@@ -33,6 +33,7 @@ from pathlib import Path
 
 import psycopg
 
+from replicate.cluster.binaries import MIN_MAJOR
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
 
@@ -54,6 +55,37 @@ class SchemaError(ReplicateError):
     """The replicate schema of a node cannot be used or installed by this code."""
 
     sqlstate = "55000"  # object_not_in_prerequisite_state
+
+
+class UnsupportedServer(SchemaError):
+    """The node runs a PostgreSQL older than replicate supports."""
+
+    sqlstate = "0A000"  # feature_not_supported
+
+
+def require_supported(server_version: int) -> None:
+    """Refuse a server whose ``server_version_num`` (e.g. 120022) is below ``MIN_MAJOR``:
+    the schema may install there, but nothing was ever tested on it."""
+    major = server_version // 10000
+    if major < MIN_MAJOR:
+        raise UnsupportedServer(
+            f"PostgreSQL {major} is too old; replicate needs {MIN_MAJOR} or newer",
+            hint="upgrade this node's PostgreSQL; every node should run the same major version")
+
+
+def mixed_majors(versions: dict[str, str]) -> str | None:
+    """A warning when the nodes (name -> ``server_version``, e.g. "15.4") run different major
+    versions, else None. A statement can mean different things on two majors (a function or a
+    syntax one of them lacks), so every node should run the same one."""
+    majors: dict[str, list[str]] = {}
+    for name, version in versions.items():
+        majors.setdefault(version.split(".")[0].split()[0], []).append(name)
+    if len(majors) < 2:
+        return None
+    spread = "; ".join(f"PostgreSQL {major} on {', '.join(names)}"
+                       for major, names in sorted(majors.items(), key=lambda kv: int(kv[0])))
+    return (f"the nodes run different PostgreSQL major versions ({spread}); a statement that "
+            "one of them does not know, or runs differently, would fail or diverge there")
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +170,7 @@ def install(conn: psycopg.Connection) -> int:
 def upgrade(conn: psycopg.Connection) -> tuple[int | None, int]:
     """``install``, returning ``(version before, version after)``, both read under the lock."""
     sql_files()  # read (and check) the files before touching the database
+    require_supported(conn.info.server_version)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         before = installed_version(conn)
@@ -158,6 +191,7 @@ class NodeInstall:
     after: int | None = None
     sqlstate: str | None = None
     error: str | None = None
+    server_version: str | None = None  # the node's PostgreSQL, e.g. "15.4", once connected
 
     @property
     def ok(self) -> bool:
@@ -165,17 +199,21 @@ class NodeInstall:
 
 
 def _install_node(node: NodeConfig, connect_timeout_s: float) -> NodeInstall:
+    version = None
     try:
         with psycopg.connect(node.dsn, connect_timeout=max(2, math.ceil(connect_timeout_s))
                              ) as conn:
+            version = conn.info.parameter_status("server_version")
             before, after = upgrade(conn)
-        return NodeInstall(node.name, before, after)
+        return NodeInstall(node.name, before, after, server_version=version)
     except ReplicateError as exc:
-        return NodeInstall(node.name, sqlstate=exc.sqlstate, error=exc.message)
+        return NodeInstall(node.name, sqlstate=exc.sqlstate, error=exc.message,
+                           server_version=version)
     except psycopg.Error as exc:
         message = " ".join(str(exc).split()) or type(exc).__name__
         # No SQLSTATE on the exception: the server never answered (connection failure).
-        return NodeInstall(node.name, sqlstate=exc.sqlstate or "08006", error=message)
+        return NodeInstall(node.name, sqlstate=exc.sqlstate or "08006", error=message,
+                           server_version=version)
 
 
 def install_cluster(config: ClusterConfig) -> list[NodeInstall]:
@@ -197,6 +235,7 @@ async def ainstalled_version(conn: psycopg.AsyncConnection) -> int | None:
 async def ainstall(conn: psycopg.AsyncConnection) -> int:
     """Async twin of ``install``."""
     sql_files()
+    require_supported(conn.info.server_version)
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
         before = await ainstalled_version(conn)

@@ -33,10 +33,12 @@ def test_init_installs_then_is_idempotent_and_reports_failed_nodes(make_cluster)
     assert report["ok"] is True and report["schema_version"] == SCHEMA_VERSION
     assert [(n["name"], n["before"], n["after"], n["error"]) for n in report["nodes"]] == [
         (name, None, SCHEMA_VERSION, None) for name in ("n1", "n2", "n3")]
-    for node in cluster.config.nodes:
+    assert report["warning"] is None  # one PostgreSQL for the whole local cluster
+    for node, reported in zip(cluster.config.nodes, report["nodes"]):
         with psycopg.connect(node.dsn, connect_timeout=10) as conn:
             assert conn.execute("SELECT value FROM replicate.meta WHERE key = 'schema_version'"
                                 ).fetchone() == (str(SCHEMA_VERSION),)
+            assert reported["postgresql"] == conn.execute("SHOW server_version").fetchone()[0]
 
     again = replicate("init", "--config", config)  # human output, already up to date
     assert again.returncode == 0, again.stderr
