@@ -8,6 +8,13 @@ So all nodes hash exactly the same logical state, without stopping writes.
 ``run_check`` submits the entry through a proxy, waits until every node applied it, compares
 the buckets (``compare``, pure), and when buckets differ runs a second check limited to those
 buckets, which records one hash per row, to name the keys of the rows that differ.
+
+It also compares what every statement did on each node up to that slot (``replicate.outcomes``:
+status, SQLSTATE, command tag), which no node rewrites once applied, so it is read directly.
+Nodes that apply the same log to the same tables record the same outcomes; a slot where they
+differ is where a divergence began (a statement one node ran and another could not: a trigger
+or a function only one node has, or a PostgreSQL major version that lacks a syntax), and the
+report names it with its statement.
 """
 
 from __future__ import annotations
@@ -20,12 +27,23 @@ from dataclasses import dataclass, field
 import psycopg
 
 from replicate.admin import submit
-from replicate.command import check_tables
+from replicate.command import Entry, check_tables
 from replicate.config import ClusterConfig
 from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.gate.catalog import TableName
 
 MAX_ROWS_SHOWN = 20
+OUTCOME_BUCKET = 4096    # slots per bucket when outcomes are compared
+MAX_STATEMENT_SHOWN = 200
+_BINARY_INTEGERS = {21: 2, 23: 4, 20: 8}  # int2, int4, int8 type oids: their binary widths
+
+# What a slot did on a node, as compared: "ok INSERT 0 1", "error 23505", "duplicate", ...
+_OUTCOME = "concat_ws(' ', status, sqlstate, command_tag)"
+_OUTCOME_BUCKETS = (f"SELECT slot / {OUTCOME_BUCKET}, count(*), "
+                    f"md5(string_agg(slot || '=' || {_OUTCOME}, ',' ORDER BY slot)) "
+                    "FROM replicate.outcomes WHERE slot <= %s GROUP BY 1")
+_OUTCOME_ROWS = (f"SELECT slot, {_OUTCOME} FROM replicate.outcomes "
+                 f"WHERE slot <= %s AND slot / {OUTCOME_BUCKET} = ANY(%s)")
 
 # node -> table -> bucket -> (rows, hash)
 Buckets = dict[str, dict[str, dict[int, tuple[int, str]]]]
@@ -55,10 +73,14 @@ class CheckReport:
     slot: int | None
     tables: list[TableReport]
     unchecked: dict[str, str]            # node -> why it could not be checked
+    # The outcomes of slots 1..slot as a pseudo-table keyed by slot: rows are outcomes,
+    # differing_rows {key: slot, nodes: {node: outcome|None}, statement}.
+    outcomes: TableReport | None = None
 
     @property
     def consistent(self) -> bool:
-        return all(t.agree for t in self.tables)
+        return all(t.agree for t in self.tables) and (self.outcomes is None
+                                                      or self.outcomes.agree)
 
     @property
     def exit_code(self) -> int:
@@ -70,7 +92,8 @@ class CheckReport:
     def to_json(self) -> dict:
         return {"check_id": self.check_id, "slot": self.slot, "consistent": self.consistent,
                 "exit_code": self.exit_code, "unchecked": self.unchecked,
-                "tables": [t.to_json() for t in self.tables]}
+                "tables": [t.to_json() for t in self.tables],
+                "outcomes": None if self.outcomes is None else self.outcomes.to_json()}
 
 
 def _combine(buckets: dict[int, tuple[int, str]]) -> str:
@@ -130,7 +153,7 @@ def _submit_check(config: ClusterConfig, entry) -> int:
     return outcome.slot
 
 
-def _collect(config: ClusterConfig, slot: int, sql: str, check_id: str, timeout: float,
+def _collect(config: ClusterConfig, slot: int, sql: str, params: list, timeout: float,
              unchecked: dict[str, str]) -> dict[str, list[tuple]]:
     """Wait until each node applied ``slot``, then run ``sql`` there; note nodes that can't."""
     out: dict[str, list[tuple]] = {}
@@ -147,7 +170,7 @@ def _collect(config: ClusterConfig, slot: int, sql: str, check_id: str, timeout:
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"applied slot {applied}, check at slot {slot}")
                     time.sleep(0.05)
-                out[node.name] = conn.execute(sql, [check_id]).fetchall()
+                out[node.name] = conn.execute(sql, params).fetchall()
         except (psycopg.Error, TimeoutError) as exc:
             unchecked[node.name] = str(exc).strip().splitlines()[0]
     return out
@@ -172,7 +195,7 @@ def run_check(config: ClusterConfig, table: str | None = None, *,
     slot = _submit_check(config, check_tables(check_id, tables))
     unchecked: dict[str, str] = {}
     rows = _collect(config, slot, "SELECT table_name, bucket, row_count, hash FROM "
-                    "replicate.check_results WHERE check_id = %s", check_id, wait_s, unchecked)
+                    "replicate.check_results WHERE check_id = %s", [check_id], wait_s, unchecked)
     results: Buckets = {node: {} for node in rows}
     for node, found in rows.items():
         for name, bucket, count, digest in found:
@@ -184,6 +207,68 @@ def run_check(config: ClusterConfig, table: str | None = None, *,
         slot2 = _submit_check(config, check_tables(second, [report.table],
                                                    report.differing_buckets))
         found = _collect(config, slot2, "SELECT row_key, row_hash FROM replicate.check_rows "
-                         "WHERE check_id = %s", second, wait_s, unchecked)
+                         "WHERE check_id = %s", [second], wait_s, unchecked)
         report.differing_rows = diff_rows({n: dict(r) for n, r in found.items()})
-    return CheckReport(check_id, slot, reports, unchecked)
+    return CheckReport(check_id, slot, reports, unchecked,
+                       compare_outcomes(config, slot, wait_s, unchecked))
+
+
+def compare_outcomes(config: ClusterConfig, upto: int, wait_s: float,
+                     unchecked: dict[str, str]) -> TableReport:
+    """Compare the outcomes of slots 1..``upto`` on every node: per bucket of slots first,
+    then slot by slot in the buckets that differ, each named with its statement."""
+    found = _collect(config, upto, _OUTCOME_BUCKETS, [upto], wait_s, unchecked)
+    results: Buckets = {node: {"outcomes": {int(b): (int(n), h) for b, n, h in rows}}
+                        for node, rows in found.items()}
+    [report] = compare(results, ["outcomes"])
+    if report.differing_buckets:
+        rows = _collect(config, upto, _OUTCOME_ROWS, [upto, report.differing_buckets], wait_s,
+                        unchecked)
+        report.differing_rows = diff_rows({n: dict(r) for n, r in rows.items()})
+        statements = _statements(config, [row["key"] for row in report.differing_rows],
+                                 [n for n in rows])
+        for row in report.differing_rows:
+            row["statement"] = statements.get(row["key"])
+    return report
+
+
+def _statement(entry: Entry) -> str:
+    """An entry as one line: its SQL and, if any, its parameters as the client sent them
+    (at most ``MAX_STATEMENT_SHOWN`` characters)."""
+    text = " ".join(entry.sql.split())
+    if entry.params:
+        shown = []
+        for number, p in enumerate(entry.params, start=1):
+            if p.value is None:
+                value = "NULL"
+            elif p.binary and p.type_oid in _BINARY_INTEGERS and \
+                    len(p.value) == _BINARY_INTEGERS[p.type_oid]:
+                value = str(int.from_bytes(p.value, "big", signed=True))
+            elif p.binary:
+                value = "\\x" + p.value.hex()
+            else:
+                value = repr(p.value.decode("utf-8", "replace"))
+            shown.append(f"${number}={value}")
+        text += f"  [{', '.join(shown)}]"
+    return text if len(text) <= MAX_STATEMENT_SHOWN else text[:MAX_STATEMENT_SHOWN - 3] + "..."
+
+
+def _statements(config: ClusterConfig, slots: list[int], nodes: list[str]) -> dict[int, str]:
+    """The statements at ``slots``, from the log of the first of ``nodes`` that answers."""
+    for node in config.nodes:
+        if node.name not in nodes:
+            continue
+        try:
+            with _connect(node.dsn, config.connect_timeout_s) as conn:
+                found = conn.execute("SELECT slot, payload FROM replicate.log "
+                                     "WHERE slot = ANY(%s)", [slots]).fetchall()
+        except psycopg.Error:
+            continue
+        out = {}
+        for slot, payload in found:
+            try:
+                out[slot] = _statement(Entry.decode(bytes(payload)))
+            except ValueError as exc:
+                out[slot] = f"({exc})"
+        return out
+    return {}

@@ -499,10 +499,12 @@ def check(
     config: ConfigOption = DEFAULT_CONFIG,
     as_json: JsonOption = False,
 ) -> None:
-    """Compare every node's registered tables at one log position.
+    """Compare every node's registered tables, and what every statement did there, at one log
+    position.
 
-    Exit codes: 0 consistent; 1 divergent (tables and row keys named); 2 could not check every
-    node (which, and why, is said).
+    Exit codes: 0 consistent; 1 divergent (tables and row keys named, and the slots whose
+    outcome differs, with their statements); 2 could not check every node (which, and why, is
+    said).
     """
     from replicate.check import run_check
 
@@ -526,6 +528,15 @@ def check(
             for row in t.differing_rows:
                 where = ", ".join(f"{n}: {h[:8] if h else 'missing'}" for n, h in row["nodes"].items())
                 out.print(f"  key {row['key']}  ({where})", highlight=False)
+    if report.outcomes is not None:
+        o = report.outcomes
+        verdict = "[green]identical[/]" if o.agree else "[bold red]DIFFERENT[/]"
+        counts = ", ".join(f"{node}: {n}" for node, n in o.rows.items())
+        out.print(f"outcomes of slots 1..{report.slot}: {verdict} ({counts})")
+        for row in o.differing_rows:
+            where = ", ".join(f"{n}: {text or 'missing'}" for n, text in row["nodes"].items())
+            out.print(f"  slot {row['key']}  {row.get('statement') or '?'}", highlight=False)
+            out.print(f"    {where}", highlight=False)
     for node, why in report.unchecked.items():
         err.print(f"[yellow]not checked[/] {node}: {why}", highlight=False)
     if report.exit_code == 0:

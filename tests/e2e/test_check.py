@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 
 import psycopg
@@ -44,6 +45,9 @@ def test_check_finds_a_row_changed_on_one_node(make_cluster) -> None:
     assert report.exit_code == 0, report.to_json()
     [table] = report.tables
     assert table.table == '"public"."accounts"' and table.rows == {"n1": 50, "n2": 50, "n3": 50}
+    # registration, 50 inserts, the check itself: every node recorded the same outcomes
+    assert report.outcomes.agree and report.outcomes.rows == {n: report.slot
+                                                              for n in ("n1", "n2", "n3")}
 
     # An operator bypasses the guard on n2 and changes one row there only.
     with psycopg.connect(cluster.nodes[1].dsn, autocommit=True) as conn:
@@ -65,6 +69,61 @@ def test_check_finds_a_row_changed_on_one_node(make_cluster) -> None:
     assert report.exit_code == 2
     assert set(report.unchecked) == {"n3"}
     assert report.tables[0].agree  # the two reachable nodes agree
+
+
+def test_check_names_the_slot_where_one_node_failed_a_statement(make_cluster) -> None:
+    """A trigger that exists on n3 only refuses one insert there: n1 and n2 applied it, n3
+    recorded the error. The check names that slot, its statement and each node's outcome."""
+    cluster = make_cluster(3)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text)")
+    with psycopg.connect(cluster.nodes[2].dsn, autocommit=True) as conn:
+        conn.execute("CREATE FUNCTION refuse_bad() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                     "BEGIN IF NEW.owner = 'bad' THEN RAISE EXCEPTION 'not here'; END IF; "
+                     "RETURN NEW; END $$")
+        conn.execute("CREATE TRIGGER refuse_bad BEFORE INSERT ON accounts FOR EACH ROW "
+                     "EXECUTE FUNCTION refuse_bad()")
+    config = start_replicated(cluster, write_timeout_s=10)
+
+    async def register() -> None:
+        async with ProxyClient(*cluster.proxy_address("n1")) as client:
+            assert (await client.submit(register_table("accounts"))).ok
+
+    asyncio.run(register())
+    wait_converged(cluster)
+    host, port = cluster.proxy_address("n1")
+    with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        for i in range(10):
+            conn.execute("INSERT INTO accounts VALUES (%s, %s)", [i, "bad" if i == 6 else f"o{i}"])
+    wait_converged(cluster)
+
+    report = run_check(config)
+    assert report.exit_code == 1
+    [table] = report.tables
+    assert table.rows == {"n1": 10, "n2": 10, "n3": 9}
+    outcomes = report.outcomes
+    assert not outcomes.agree
+    [row] = outcomes.differing_rows
+    assert row["statement"] == "INSERT INTO accounts VALUES ($1, $2)  [$1=6, $2='bad']"
+    assert row["nodes"]["n1"] == row["nodes"]["n2"] == "ok INSERT 0 1"
+    assert row["nodes"]["n3"] == "error P0001"
+    with psycopg.connect(cluster.nodes[0].dsn) as conn:
+        assert conn.execute("SELECT request_id FROM replicate.log WHERE slot = %s",
+                            [row["key"]]).fetchone() is not None
+    assert report.to_json()["outcomes"]["differing_rows"] == [row]
+
+    import subprocess
+    import sys
+    from pathlib import Path
+    shown = subprocess.run([str(Path(sys.executable).parent / "replicate"), "check", "--config",
+                            str(cluster.config_path)], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "COLUMNS": "200"})
+    assert shown.returncode == 1, shown.stderr
+    assert "outcomes of slots" in shown.stdout and "DIFFERENT" in shown.stdout
+    assert f"slot {row['key']}  INSERT INTO accounts" in shown.stdout
+    assert "n1: ok INSERT 0 1, n2: ok INSERT 0 1, n3: error P0001" in shown.stdout
 
 
 def test_check_command_exit_codes(make_cluster) -> None:

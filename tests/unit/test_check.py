@@ -37,3 +37,30 @@ def test_exit_codes() -> None:
     assert CheckReport("c", 5, [ok], {}).exit_code == 0
     assert CheckReport("c", 5, [ok], {"n3": "down"}).exit_code == 2
     assert CheckReport("c", 5, [bad], {"n3": "down"}).exit_code == 1
+
+
+def test_a_differing_slot_is_shown_with_its_parameters() -> None:
+    from replicate.check import MAX_STATEMENT_SHOWN, _statement
+    from replicate.command import Entry, Param
+
+    entry = Entry("INSERT INTO t\n  VALUES ($1, $2, $3, $4, $5)",
+                  (Param(b"6"), Param((7).to_bytes(4, "big"), 23, True),
+                   Param(b"\x00\x01", 17, True), Param(None),
+                   Param((-2).to_bytes(8, "big", signed=True), 20, True)))
+    assert _statement(entry) == ("INSERT INTO t VALUES ($1, $2, $3, $4, $5)  "
+                                 "[$1='6', $2=7, $3=\\x0001, $4=NULL, $5=-2]")
+    assert _statement(Entry("DELETE FROM t")) == "DELETE FROM t"
+    long = _statement(Entry("SELECT " + "x, " * 200 + "1"))
+    assert len(long) == MAX_STATEMENT_SHOWN and long.endswith("x, x...")
+
+
+def test_outcomes_that_differ_make_the_check_fail() -> None:
+    tables = [TableReport("t", {"n1": 1, "n2": 1}, {"n1": "a", "n2": "a"})]
+    [same] = compare({"n1": {"outcomes": {0: (3, "h")}}, "n2": {"outcomes": {0: (3, "h")}}},
+                     ["outcomes"])
+    [differ] = compare({"n1": {"outcomes": {0: (3, "h")}}, "n2": {"outcomes": {0: (3, "X")}}},
+                       ["outcomes"])
+    assert CheckReport("c", 5, tables, {}, same).exit_code == 0
+    report = CheckReport("c", 5, tables, {}, differ)
+    assert not report.consistent and report.exit_code == 1
+    assert report.to_json()["outcomes"]["differing_buckets"] == [0]
