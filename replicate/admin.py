@@ -320,6 +320,14 @@ class Fingerprint:
 
 
 def read_fingerprint(conn: psycopg.Connection, table: str) -> Fingerprint | None:
+    from replicate.gate.catalog import split_qualified_name
+
+    try:  # PostgreSQL 16 and later answer a malformed name with NULL, not with 42602
+        split_qualified_name(table)
+    except ValueError as exc:
+        raise ReplicateError(f"invalid table name {table!r}: {exc}", sqlstate="42602",
+                             hint='write it as PostgreSQL would: name, schema.name, '
+                                  'or with double quotes ("Odd Name")') from None
     row = conn.execute(_FINGERPRINT, [table]).fetchone()
     if row is None or row[0] is None:
         return None

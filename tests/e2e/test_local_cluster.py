@@ -20,9 +20,11 @@ def test_nodes_share_deterministic_settings(cluster) -> None:
         with psycopg.connect(node.dsn) as conn:
             settings = dict(conn.execute(
                 "SELECT name, setting FROM pg_settings WHERE name IN "
-                "('lc_collate', 'server_encoding', 'listen_addresses', 'port', "
+                "('server_encoding', 'listen_addresses', 'port', "
                 "'unix_socket_directories')").fetchall())
-        assert settings["lc_collate"] == "C"
+            # from PostgreSQL 16 on, the collation is only the database's (not a setting)
+            assert conn.execute("SELECT datcollate FROM pg_database "
+                                "WHERE datname = current_database()").fetchone() == ("C",)
         assert settings["server_encoding"] == "UTF8"
         assert settings["listen_addresses"] == "127.0.0.1"
         assert settings["unix_socket_directories"] == str(node.socket_dir)
