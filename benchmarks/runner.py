@@ -240,6 +240,13 @@ def deltas(before: dict[str, int | None], after: dict[str, int | None]) -> dict[
             if before[k] is not None and after.get(k) is not None}
 
 
+WAL_QUERY = "SELECT wal_sync, wal_bytes, wal_fpi FROM pg_stat_wal"
+# PostgreSQL 18 moved the WAL sync count from pg_stat_wal to pg_stat_io ("normal": the syncs
+# of commits and WAL writes; "init" would add the syncs of new WAL segments)
+WAL_QUERY_18 = ("SELECT (SELECT coalesce(sum(fsyncs), 0) FROM pg_stat_io "
+                "WHERE object = 'wal' AND context = 'normal'), wal_bytes, wal_fpi FROM pg_stat_wal")
+
+
 class Probe:
     """Per node: WAL syncs, WAL bytes and database size; per proxy: CPU time and memory."""
 
@@ -254,7 +261,7 @@ class Probe:
     def _wal_one(conn: psycopg.Connection) -> tuple[int | None, int | None, int | None]:
         try:
             syncs, size, fpi = conn.execute(
-                "SELECT wal_sync, wal_bytes, wal_fpi FROM pg_stat_wal").fetchone()
+                WAL_QUERY_18 if conn.info.server_version >= 180000 else WAL_QUERY).fetchone()
             return int(syncs), int(size), int(fpi)
         except psycopg.Error:
             return None, None, None
