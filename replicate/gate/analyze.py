@@ -46,9 +46,10 @@ TIME_SVF: frozenset[str] = frozenset({
     "SVFOP_CURRENT_TIMESTAMP", "SVFOP_CURRENT_TIMESTAMP_N", "SVFOP_LOCALTIME",
     "SVFOP_LOCALTIME_N", "SVFOP_LOCALTIMESTAMP", "SVFOP_LOCALTIMESTAMP_N"})
 
-#: Volatile functions the gate can replace by a literal where they run once.
+#: Volatile functions the gate can replace by a literal where they run once (uuidv4() and
+#: uuidv7() without arguments: PostgreSQL 18).
 ONCE_FUNCTIONS: frozenset[str] = frozenset(
-    {"random", "gen_random_uuid", "uuidv4", "clock_timestamp"})
+    {"random", "gen_random_uuid", "uuidv4", "uuidv7", "clock_timestamp"})
 
 #: Extension functions the gate can also replace where they run once (uuid-ossp's v4 is a
 #: random UUID like gen_random_uuid()), mapped to the built-in that makes the literal.

@@ -76,12 +76,25 @@ def time_literal(op: str, typmod: int, now: datetime) -> str:
     return f"'{_instant(round_to_precision(now, p))}'::timestamptz({p})"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def uuid7(now: datetime, rng: random.Random) -> uuid.UUID:
+    """A version 7 UUID (RFC 9562) as PostgreSQL 18's ``uuidv7()`` makes one at ``now``: 48 bits
+    of Unix time in milliseconds, 12 bits of the sub-millisecond fraction, 62 random bits."""
+    millis, micros = divmod((now - _EPOCH) // timedelta(microseconds=1), 1000)
+    return uuid.UUID(int=(millis & (1 << 48) - 1) << 80 | 0x7 << 76 | (micros * 4096 // 1000) << 64
+                     | 0b10 << 62 | rng.getrandbits(62))
+
+
 def once_literal(fname: str, now: datetime, rng: random.Random) -> str:
     """A literal for a volatile function that runs once in this statement."""
     if fname == "random":
         return f"'{rng.random()!r}'::float8"
     if fname in ("gen_random_uuid", "uuidv4"):
         return f"'{uuid.UUID(int=rng.getrandbits(128), version=4)}'::uuid"
+    if fname == "uuidv7":
+        return f"'{uuid7(now, rng)}'::uuid"
     if fname == "clock_timestamp":
         return f"'{_instant(now)}'::timestamptz"
     raise KeyError(fname)

@@ -142,7 +142,8 @@ def corpus_catalog() -> Catalog:
                              TableName("public", "accounts_view")}),
         functions={("public", "slugify"): "i", ("public", "touch"): "v",
                    ("public", "uuid_generate_v4"): "v", ("public", "uuid_generate_v1"): "v",
-                   ("public", "lookup"): "s", ("app", "bump"): "v"},
+                   ("public", "lookup"): "s", ("app", "bump"): "v",
+                   ("pg_catalog", "uuidv7"): "v"},  # as a PostgreSQL 18 node reports it
         sequences={TableName("public", "accounts_id_seq"): TableName("public", "accounts"),
                    TableName("public", "ledger_id_seq"): TableName("public", "ledger")},
         node_local_settings=frozenset({"port", "application_name"}),

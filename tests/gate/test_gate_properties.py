@@ -4,6 +4,7 @@ offsets are exact with non-ASCII text, decisions are deterministic and pure."""
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from gate_corpus import corpus_catalog, load_cases
 from replicate.gate import (Catalog, Read, Refuse, Relay, Replicate, TableName, classify,
                             mentions_registered)
-from replicate.gate.rewrite import round_to_precision, time_literal
+from replicate.gate.rewrite import round_to_precision, time_literal, uuid7
 
 NOW = datetime(2026, 11, 26, 8, 0, 0, 123456, tzinfo=timezone.utc)
 CATALOG = corpus_catalog()
@@ -258,3 +259,17 @@ def test_a_temporary_table_may_take_a_registered_tables_name() -> None:
     assert isinstance(_one("CREATE TEMP TABLE accounts (LIKE accounts)"), Refuse)
     assert isinstance(_one("CREATE TEMP TABLE t (id int REFERENCES accounts)"), Refuse)
     assert isinstance(_one("CREATE TABLE accounts (id int)"), Refuse)
+
+
+@pytest.mark.parametrize("now", [
+    datetime(2026, 11, 26, 8, 0, 0, 123456, tzinfo=timezone.utc),
+    datetime(1970, 1, 1, 0, 0, 0, 999, tzinfo=timezone.utc),
+    datetime(2026, 11, 26, 9, 0, 0, 999999, tzinfo=timezone(timedelta(hours=1))),
+])
+def test_uuidv7_literal_carries_the_clock_like_postgresql(now: datetime) -> None:
+    made = uuid7(now, random.Random(3))
+    micros = (now - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
+    assert made.version == 7 and made.variant == uuid.RFC_4122
+    assert made.int >> 80 == micros // 1000                       # Unix time in milliseconds
+    assert (made.int >> 64) & 0xFFF == (micros % 1000) * 4096 // 1000  # sub-millisecond part
+    assert made == uuid7(now, random.Random(3)) != uuid7(now, random.Random(4))
