@@ -18,28 +18,39 @@ from .replicated import start_replicated, wait_converged
 pytestmark = pytest.mark.e2e
 
 
+def _registered(cluster, table: str):
+    """Proxies on ``cluster`` with ``table`` registered; every proxy knows it (the guard
+    would refuse a write a proxy relayed just before it applied the registration; `replicate
+    table add` avoids that by installing the guards first)."""
+    config = start_replicated(cluster, write_timeout_s=10)
+
+    async def register() -> None:
+        async with ProxyClient(*cluster.proxy_address("n1")) as client:
+            assert (await client.submit(register_table(table))).ok
+
+    asyncio.run(register())
+    wait_converged(cluster)
+    return config
+
+
+def _write(cluster, via: str, statement: str, rows: list[list]) -> None:
+    """Run ``statement`` once per row through ``via``'s proxy, then wait for every node."""
+    host, port = cluster.proxy_address(via)
+    with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres",
+                         autocommit=True) as conn:
+        for row in rows:
+            conn.execute(statement, row)
+    wait_converged(cluster)
+
+
 def test_check_finds_a_row_changed_on_one_node(make_cluster) -> None:
     cluster = make_cluster(3)
     for node in cluster.nodes:
         with psycopg.connect(node.dsn, autocommit=True) as conn:
             conn.execute("CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance int)")
-    config = start_replicated(cluster, write_timeout_s=10)
-
-    async def register() -> None:
-        async with ProxyClient(*cluster.proxy_address("n1")) as client:
-            assert (await client.submit(register_table("accounts"))).ok
-
-    asyncio.run(register())
-    # Every proxy must know the table is registered before writes go through n2 (the guard
-    # would refuse a write n2's proxy relayed just before it applied the registration;
-    # `replicate table add` avoids that by installing the guards first).
-    wait_converged(cluster)
-    host, port = cluster.proxy_address("n2")
-    with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres",
-                         autocommit=True) as conn:
-        for i in range(50):
-            conn.execute("INSERT INTO accounts VALUES (%s, %s, %s)", [i, f"o{i}", i])
-    wait_converged(cluster)
+    config = _registered(cluster, "accounts")
+    _write(cluster, "n2", "INSERT INTO accounts VALUES (%s, %s, %s)",
+           [[i, f"o{i}", i] for i in range(50)])
 
     report = run_check(config)
     assert report.exit_code == 0, report.to_json()
@@ -84,20 +95,9 @@ def test_check_names_the_slot_where_one_node_failed_a_statement(make_cluster) ->
                      "RETURN NEW; END $$")
         conn.execute("CREATE TRIGGER refuse_bad BEFORE INSERT ON accounts FOR EACH ROW "
                      "EXECUTE FUNCTION refuse_bad()")
-    config = start_replicated(cluster, write_timeout_s=10)
-
-    async def register() -> None:
-        async with ProxyClient(*cluster.proxy_address("n1")) as client:
-            assert (await client.submit(register_table("accounts"))).ok
-
-    asyncio.run(register())
-    wait_converged(cluster)
-    host, port = cluster.proxy_address("n1")
-    with psycopg.connect(f"host={host} port={port} user=postgres dbname=postgres",
-                         autocommit=True) as conn:
-        for i in range(10):
-            conn.execute("INSERT INTO accounts VALUES (%s, %s)", [i, "bad" if i == 6 else f"o{i}"])
-    wait_converged(cluster)
+    config = _registered(cluster, "accounts")
+    _write(cluster, "n1", "INSERT INTO accounts VALUES (%s, %s)",
+           [[i, "bad" if i == 6 else f"o{i}"] for i in range(10)])
 
     report = run_check(config)
     assert report.exit_code == 1
