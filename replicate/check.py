@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from replicate.admin import submit
+from replicate.admin import param_text, submit
 from replicate.command import Entry, check_tables
 from replicate.config import ClusterConfig
 from replicate.errors import NodeUnavailable, ReplicateError
@@ -35,7 +35,6 @@ from replicate.gate.catalog import TableName
 MAX_ROWS_SHOWN = 20
 OUTCOME_BUCKET = 4096    # slots per bucket when outcomes are compared
 MAX_STATEMENT_SHOWN = 200
-_BINARY_INTEGERS = {21: 2, 23: 4, 20: 8}  # int2, int4, int8 type oids: their binary widths
 
 # What a slot did on a node, as compared: "ok INSERT 0 1", "error 23505", "duplicate", ...
 _OUTCOME = "concat_ws(' ', status, sqlstate, command_tag)"
@@ -234,21 +233,14 @@ def compare_outcomes(config: ClusterConfig, upto: int, wait_s: float,
 
 def _statement(entry: Entry) -> str:
     """An entry as one line: its SQL and, if any, its parameters as the client sent them
-    (at most ``MAX_STATEMENT_SHOWN`` characters)."""
+    (as `replicate log --slot` shows them, quoted), at most ``MAX_STATEMENT_SHOWN`` characters."""
     text = " ".join(entry.sql.split())
     if entry.params:
         shown = []
         for number, p in enumerate(entry.params, start=1):
-            if p.value is None:
-                value = "NULL"
-            elif p.binary and p.type_oid in _BINARY_INTEGERS and \
-                    len(p.value) == _BINARY_INTEGERS[p.type_oid]:
-                value = str(int.from_bytes(p.value, "big", signed=True))
-            elif p.binary:
-                value = "\\x" + p.value.hex()
-            else:
-                value = repr(p.value.decode("utf-8", "replace"))
-            shown.append(f"${number}={value}")
+            value = param_text(p.value, p.type_oid, p.binary)
+            shown.append(f"${number}=" + ("NULL" if value is None
+                                          else "'" + value.replace("'", "''") + "'"))
         text += f"  [{', '.join(shown)}]"
     return text if len(text) <= MAX_STATEMENT_SHOWN else text[:MAX_STATEMENT_SHOWN - 3] + "..."
 

@@ -106,7 +106,7 @@ def test_check_names_the_slot_where_one_node_failed_a_statement(make_cluster) ->
     outcomes = report.outcomes
     assert not outcomes.agree
     [row] = outcomes.differing_rows
-    assert row["statement"] == "INSERT INTO accounts VALUES ($1, $2)  [$1=6, $2='bad']"
+    assert row["statement"] == "INSERT INTO accounts VALUES ($1, $2)  [$1='6', $2='bad']"
     assert row["nodes"]["n1"] == row["nodes"]["n2"] == "ok INSERT 0 1"
     assert row["nodes"]["n3"] == "error P0001"
     with psycopg.connect(cluster.nodes[0].dsn) as conn:

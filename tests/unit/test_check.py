@@ -48,7 +48,7 @@ def test_a_differing_slot_is_shown_with_its_parameters() -> None:
                    Param(b"\x00\x01", 17, True), Param(None),
                    Param((-2).to_bytes(8, "big", signed=True), 20, True)))
     assert _statement(entry) == ("INSERT INTO t VALUES ($1, $2, $3, $4, $5)  "
-                                 "[$1='6', $2=7, $3=\\x0001, $4=NULL, $5=-2]")
+                                 "[$1='6', $2='7', $3='\\x0001', $4=NULL, $5='-2']")
     assert _statement(Entry("DELETE FROM t")) == "DELETE FROM t"
     long = _statement(Entry("SELECT " + "x, " * 200 + "1"))
     assert len(long) == MAX_STATEMENT_SHOWN and long.endswith("x, x...")
