@@ -167,7 +167,8 @@ class _Statement:
 @dataclass(slots=True)
 class _SessionState:
     statements: dict[str, _Statement] = field(default_factory=dict)
-    portals: dict[str, tuple[_Statement, m.Bind]] = field(default_factory=dict)
+    # the Bind is kept for writes; a read's portal passed undecoded has None (pass_raw)
+    portals: dict[str, tuple[_Statement, m.Bind | None]] = field(default_factory=dict)
     last_write_slot: int = 0
     failed: bool = False          # an error was sent in this extended batch: skip until Sync
     mid_batch: bool = False       # extended-protocol messages came before the one handled now
@@ -180,6 +181,21 @@ class _SessionState:
     # ``decided_for``: a text that differs only in its numbers is not parsed again.
     decided: dict[str, tuple[Any, int]] = field(default_factory=dict)
     decided_for: tuple = (None, None)
+
+
+_SYNC_CODE, _DESCRIBE_CODE, _FLUSH_CODE, _EXECUTE_CODE, _BIND_CODE = b"SDHEB"
+
+
+def _cstring(data: bytes, start: int, end: int, encoding: str) -> tuple[str, int] | None:
+    """The NUL-terminated string at ``data[start:]`` before ``end`` and the position after
+    its NUL; None if there is none."""
+    nul = data.find(0, start, end)
+    if nul < 0:
+        return None
+    try:
+        return data[start:nul].decode(encoding), nul + 1
+    except UnicodeError:
+        return None
 
 
 def _sql_error(sqlstate: str, message: str, hint: str | None = None,
@@ -285,13 +301,56 @@ class ReplicateHooks(Hooks):
     def on_frontend(self, session: Session, message: Any) -> Any:
         action = self._dispatch(session, message)
         if action is Action.FORWARD and type(message) is m.Execute:
-            portal = self._state(session).portals.get(message.portal)
-            if portal is not None and isinstance(portal[0].decision, Read) \
-                    and portal[0].decision.pure:
-                self._pure_execution(session)
+            self._executing(session, self._state(session).portals.get(message.portal))
         elif action is not Action.FORWARD and action is not Action.HANDLED:
             return self._after(session, action)
         return action
+
+    def pass_raw(self, session: Session, code: int, data: bytes, start: int, end: int) -> bool:
+        """The relay's undecoded path (``replicate.runtime.relay``) for the messages of a
+        prepared read: each decision here is the one ``_dispatch`` makes for the decoded
+        message, taken from its bytes; anything else says False and goes to ``_dispatch``."""
+        state = session.extra.get("replicate")
+        if state is None or state.failed:
+            return False
+        if code == _SYNC_CODE:
+            if end - start != 5:
+                return False
+            self._synced(session, state)
+            return True
+        if code == _DESCRIBE_CODE or code == _FLUSH_CODE:
+            state.mid_batch = session.in_batch
+            return True
+        if code == _EXECUTE_CODE:
+            portal = _cstring(data, start + 5, end, session.encoding)
+            if portal is None:
+                return False
+            entry = state.portals.get(portal[0])
+            if entry is not None and isinstance(entry[0].decision, Replicate):
+                return False
+            state.mid_batch = session.in_batch
+            self._executing(session, entry)
+            return True
+        if code == _BIND_CODE:
+            portal = _cstring(data, start + 5, end, session.encoding)
+            name = portal and _cstring(data, portal[1], end, session.encoding)
+            if not name:
+                return False
+            stmt = state.statements.get(name[0])
+            state.mid_batch = session.in_batch
+            if stmt is None:
+                state.portals.pop(portal[0], None)
+                return True
+            if isinstance(stmt.decision, Read) and self._reads_ready(session, state):
+                state.portals[portal[0]] = (stmt, None)
+                return True
+        return False
+
+    def _executing(self, session: Session, portal: tuple | None) -> None:
+        """An Execute of ``portal`` (None: not one of ours) is being forwarded."""
+        if portal is not None and isinstance(portal[0].decision, Read) \
+                and portal[0].decision.pure:
+            self._pure_execution(session)
 
     def _pure_execution(self, session: Session) -> None:
         """The message being forwarded executes only pure reads: current facts stay current."""
@@ -315,8 +374,7 @@ class ReplicateHooks(Hooks):
         if t is m.Sync:
             if state.failed:
                 return self._sync_after_error(session)
-            if not state.statements and not state.portals:
-                session.hooked = _QUIET
+            self._synced(session, state)
             return Action.FORWARD
         # whether extended-protocol messages went out before this one since the last Sync
         state.mid_batch = session.in_batch and t is not m.Query
@@ -347,8 +405,7 @@ class ReplicateHooks(Hooks):
             state.portals[message.portal] = (stmt, message)
             if isinstance(stmt.decision, Read):
                 # PostgreSQL takes the portal's snapshot at Bind: wait before it, not at Execute
-                catalog = self.catalogs.catalog if self.catalogs is not None else None
-                if self._facts_fresh(session, state, catalog) and self._reads_met(state):
+                if self._reads_ready(session, state):
                     return Action.FORWARD  # nothing to wait for: no hook task
                 return self._bind_read(session)
             if isinstance(stmt.decision, Replicate) and not state.mid_batch \
@@ -367,6 +424,17 @@ class ReplicateHooks(Hooks):
         if t is m.Close:
             (state.statements if message.kind == "S" else state.portals).pop(message.name, None)
         return Action.FORWARD
+
+    @staticmethod
+    def _synced(session: Session, state: _SessionState) -> None:
+        """A Sync is being forwarded (not after an error)."""
+        if not state.statements and not state.portals:
+            session.hooked = _QUIET
+
+    def _reads_ready(self, session: Session, state: _SessionState) -> bool:
+        """A read may go to the node now, without awaiting (``_facts_fresh``, ``_reads_met``)."""
+        catalog = self.catalogs.catalog if self.catalogs is not None else None
+        return self._facts_fresh(session, state, catalog) and self._reads_met(state)
 
     def _may_matter(self, sql: str) -> bool:
         catalog = self.catalogs.current()

@@ -50,6 +50,14 @@ path. A hook may narrow ``session.hooked`` (the type codes it is called for,
 default all of ``HOOKED``) while the other types cannot matter to it: those
 are forwarded like with ``hooks=None``, undecoded, in the same batch.
 
+A hooks object may also have ``pass_raw(session, code, data, start, end) -> bool``: asked
+first for a hooked message that starts a chunk (or follows messages passed so), with the
+message's whole bytes ``data[start:end]`` undecoded, before ``session.in_batch`` counts it.
+True: the hook decided from those bytes and did its own book-keeping, and the message is
+forwarded like an unhooked one. False: nothing changed, and the message (with the rest of
+the chunk) takes the decoded path to ``on_frontend``. It lets the messages of a common case
+(a prepared read: Bind, Describe, Execute, Sync) go without decoding each into an object.
+
 ``Session`` exposes:
 
 - ``startup`` (the StartupMessage parameters), ``user``, ``database``,
@@ -138,10 +146,14 @@ class HooksProtocol(Protocol):
 
 
 class Hooks:
-    """Forward everything (subclass and override ``on_frontend``)."""
+    """Forward everything (subclass and override ``on_frontend``, and ``pass_raw``)."""
 
     def on_frontend(self, session: "Session", message: Any) -> Action | Awaitable[Action]:
         return Action.FORWARD
+
+    def pass_raw(self, session: "Session", code: int, data: bytes, start: int,
+                 end: int) -> bool:
+        return False
 
 
 Address = tuple[str, int]   # (host, port); a host starting with '/' is a Unix socket directory
@@ -307,6 +319,7 @@ class Session:
         self.pending = 0
         self.backend_fatal = False
         self.hooks = hooks
+        self._pass_raw = getattr(hooks, "pass_raw", None)
         self.extra: dict[str, Any] = {}  # per-session state that hooks keep
         self._decoder = decoder
         self._front_scanner = codec.FrameScanner(b"QSFX", parse=_frame_type,
@@ -551,25 +564,27 @@ class Session:
             self._hook_failed(exc)
 
     def _pass_unhooked(self, data: bytes) -> bytes:
-        """Forward the whole messages at the start of ``data`` that no hook wants, undecoded.
+        """Forward the whole messages at the start of ``data`` that no hook wants, or that
+        the hooks' ``pass_raw`` lets pass, undecoded.
 
         They go to the node as one slice of the chunk, without the per-message decoding
         and copying of ``_relay_frames``; what is left (from the first hooked or cut
         message on) is returned for the decoder. Called only with the decoder empty and
         no hook running, so nothing is reordered.
         """
-        hooked = self.hooked
+        pass_raw = self._pass_raw
         n = len(data)
         pos = 0
         unpack_from = _I32.unpack_from
         while n - pos >= 5:
             code = data[pos]
-            if code in hooked:
-                break
             length = unpack_from(data, pos + 1)[0]
             end = pos + 1 + length
             if length < 4 or length > codec.MAX_MESSAGE_LENGTH or end > n:
                 break   # cut, or malformed: the decoder buffers it or raises
+            if code in self.hooked and (pass_raw is None
+                                        or not pass_raw(self, code, data, pos, end)):
+                break
             if code in _BATCH_TYPES:
                 self.in_batch = True
             elif code == _SYNC:

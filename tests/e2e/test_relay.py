@@ -528,6 +528,58 @@ def test_hooks_can_narrow_the_messages_they_see(relayed) -> None:
     assert not any(in_batch for _, in_batch in hooks.seen)
 
 
+class PassingRaw(Hooks):
+    """Lets Bind, Describe, Execute and Sync pass undecoded (``pass_raw``), except a Bind of
+    the statement named ``refused``; records what each path saw."""
+
+    def __init__(self, refused: bytes) -> None:
+        self.refused = refused
+        self.raw: list[tuple[str, bool]] = []      # (type code, session.in_batch)
+        self.decoded: list[str] = []
+
+    def pass_raw(self, session, code, data, start, end):
+        assert codec.MAX_MESSAGE_LENGTH >= end - start >= 5 and data[start] == code
+        if code == ord("B") and self.refused in data[start:end]:
+            return False
+        if code in b"BDES":
+            self.raw.append((chr(code), session.in_batch))
+            return True
+        return False
+
+    def on_frontend(self, session, message):
+        self.decoded.append(type(message).__name__)
+        return Action.FORWARD
+
+
+def test_hooks_can_pass_messages_undecoded(relayed) -> None:
+    backend = ("127.0.0.1", relayed.nodes[0].port)
+    hooks = PassingRaw(b"_pg3_1")  # psycopg's second prepared statement
+
+    async def run() -> None:
+        async with _InProcessRelay(backend, hooks) as dsn:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                for i in range(3):  # prepared as _pg3_0, then Bind/Describe/Execute/Sync
+                    cur = await conn.execute("SELECT %s::int", (i,), prepare=True)
+                    assert await cur.fetchone() == (i,)
+                raw_before = len(hooks.raw)
+                hooks.decoded.clear()
+                for i in range(3):  # prepared as _pg3_1: its Binds are refused
+                    cur = await conn.execute("SELECT %s::int + 100", (i,), prepare=True)
+                    assert await cur.fetchone() == (i + 100,)
+                # a refused Bind sends it and the rest of its chunk to on_frontend, in order
+                assert hooks.decoded[-4:] == ["Bind", "Describe", "Execute", "Sync"]
+                assert len(hooks.raw) == raw_before
+                async with conn.pipeline():
+                    curs = [await conn.execute("SELECT %s::int", (i,), prepare=True)
+                            for i in range(10)]
+                assert [(await c.fetchone())[0] for c in curs] == list(range(10))
+
+    asyncio.run(run())
+    # a prepared execution: in_batch as before each message, like on_frontend sees it
+    assert ("B", False) in hooks.raw and ("E", True) in hooks.raw and ("S", True) in hooks.raw
+    assert sum(1 for code, _ in hooks.raw if code == "E") >= 12
+
+
 class Counting(Hooks):
     """A hook that decides at once (no awaitable): the fast path."""
 
