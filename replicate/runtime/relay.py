@@ -51,12 +51,12 @@ default all of ``HOOKED``) while the other types cannot matter to it: those
 are forwarded like with ``hooks=None``, undecoded, in the same batch.
 
 A hooks object may also have ``pass_raw(session, code, data, start, end) -> bool``: asked
-first for a hooked message that starts a chunk (or follows messages passed so), with the
-message's whole bytes ``data[start:end]`` undecoded, before ``session.in_batch`` counts it.
-True: the hook decided from those bytes and did its own book-keeping, and the message is
-forwarded like an unhooked one. False: nothing changed, and the message (with the rest of
-the chunk) takes the decoded path to ``on_frontend``. It lets the messages of a common case
-(a prepared read: Bind, Describe, Execute, Sync) go without decoding each into an object.
+first for every hooked message, with the message's whole bytes ``data[start:end]``
+undecoded, before ``session.in_batch`` counts it. True: the hook decided from those bytes
+and did its own book-keeping, and the message is forwarded like an unhooked one. False:
+nothing changed, and the message takes the decoded path to ``on_frontend`` (at the start
+of a chunk, with the rest of the chunk). It lets the messages of a common case (a read's
+Bind, Describe, Execute, Sync) go without decoding each into an object.
 
 ``Session`` exposes:
 
@@ -609,13 +609,15 @@ class Session:
         """
         decoder = self._decoder
         hooks = self.hooks
+        pass_raw = self._pass_raw
         out = self._out
         awaiting = False
         try:
             while (frame := decoder.next_typed_frame()) is not None:
                 t, raw = frame
                 code = raw[0]
-                if code in self.hooked:
+                if code in self.hooked and (pass_raw is None
+                                            or not pass_raw(self, code, raw, 0, len(raw))):
                     action = hooks.on_frontend(self, codec.parse_frontend(t, raw[5:],
                                                                           decoder.encoding))
                     if code in _BATCH_TYPES:
