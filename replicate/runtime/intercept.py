@@ -385,7 +385,7 @@ class ReplicateHooks(Hooks):
         if t is m.Parse:
             if self._may_matter(message.sql):
                 session.hooked = _ALL  # a statement we keep: every message may matter now
-                return self._parse(session, message)
+                return self._parse_now(session, state, message)
             state.statements.pop(message.name, None)
             return Action.FORWARD
         if t is m.Bind:
@@ -511,10 +511,11 @@ class ReplicateHooks(Hooks):
                         for name in _REPORTED))
 
     def _facts_fresh(self, session: Session, state: _SessionState, catalog: Any) -> bool:
-        """The facts last read may be used as they are, without awaiting: outside a batch,
-        current (``_facts_current``) and resolved against ``catalog``."""
-        return not state.mid_batch and state.facts_catalog is catalog \
-            and self._facts_current(session, state)
+        """The facts last read may be used as they are, without awaiting: current
+        (``_facts_current``) and resolved against ``catalog``. Inside a batch too: there
+        ``_session`` would return the same facts (it cannot ask the node, and it overlays
+        only the reported settings, which ``_facts_current`` found unchanged)."""
+        return state.facts_catalog is catalog and self._facts_current(session, state)
 
     def _reads_met(self, state: _SessionState) -> bool:
         """With fresh facts: the session's read consistency asks for nothing the local node
@@ -541,9 +542,12 @@ class ReplicateHooks(Hooks):
 
     def _decide(self, state: _SessionState, sql: str, catalog: Catalog, facts: dict) -> list:
         """The gate's decisions for ``sql`` under ``facts`` and ``catalog``; for a text with
-        the numeric template of one decided before under the same two, that decision again
-        (a single read, or a single write the gate did not rewrite: gate/template.py)."""
+        the numeric template of one decided before under the same two (or the same text, when
+        it has no template), that decision again (a single read, or a single write the gate
+        did not rewrite: gate/template.py)."""
         key = numeric_template(sql)
+        if key is None and len(sql) <= _CACHED_TEXT_MAX:
+            key = sql  # the same text again (e.g. a Parse with $1): it lexes the same
         if key is not None:
             decided = state.decided
             if state.decided_for[0] is not facts or state.decided_for[1] is not catalog:
@@ -689,7 +693,6 @@ class ReplicateHooks(Hooks):
     # ---------------------------------------------------------------- extended protocol
     async def _parse(self, session: Session, message: m.Parse) -> Action:
         special = _consistency_statement(message.sql)
-        stmt = _Statement(message.sql, message.param_types)
         if special is not None:
             if special[0] == "set" and special[1] not in READ_CONSISTENCIES:
                 return await self._fail_batch(session, _sql_error(
@@ -707,18 +710,34 @@ class ReplicateHooks(Hooks):
             decisions, facts, _ = await self._classify(session, message.sql)
         except ReplicateError as exc:
             return await self._fail_batch(session, _sql_error(exc.sqlstate, exc.message, exc.hint))
+        action = self._keep(session, message, decisions, facts)
+        return action if action is Action.FORWARD else await action
+
+    def _parse_now(self, session: Session, state: _SessionState, message: m.Parse) -> Any:
+        """A Parse that mentions registered tables, decided at once when the catalog and the
+        session's facts are current (as ``_query_now``); else ``_parse`` (a coroutine)."""
+        catalog = self.catalogs.current() if self.catalogs is not None else None
+        if catalog is None or not self._facts_fresh(session, state, catalog) \
+                or _consistency_statement(message.sql) is not None:
+            return self._parse(session, message)
+        decisions = self._decide(state, message.sql, catalog, state.facts)
+        return self._keep(session, message, decisions, state.facts)
+
+    def _keep(self, session: Session, message: m.Parse, decisions: list, facts: dict) -> Any:
+        """Keep the statement ``message`` prepares as classified: FORWARD, or the coroutine
+        that fails the batch (a refusal, several statements)."""
         meaningful = [d for d in decisions if message.sql[d.start:d.end].strip()]
         refused = next((d for d in meaningful if isinstance(d, Refuse)), None)
         if refused is not None:
             err = refused.error
-            return await self._fail_batch(session, _sql_error(err.sqlstate, err.message, err.hint))
+            return self._fail_batch(session, _sql_error(err.sqlstate, err.message, err.hint))
         if all(isinstance(d, Relay) for d in meaningful):
             self._state(session).statements.pop(message.name, None)
             return Action.FORWARD
-        stmt.decision = meaningful[0] if len(meaningful) == 1 else None
-        if stmt.decision is None:
-            return await self._fail_batch(session, _sql_error(
+        if len(meaningful) != 1:
+            return self._fail_batch(session, _sql_error(
                 "42601", "cannot insert multiple commands into a prepared statement"))
+        stmt = _Statement(message.sql, message.param_types, meaningful[0])
         stmt.resolution = _resolution(facts)
         self._state(session).statements[message.name] = stmt
         return Action.FORWARD

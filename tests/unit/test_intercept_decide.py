@@ -57,3 +57,70 @@ def test_new_facts_or_catalog_or_a_rewrite_decide_again(monkeypatch) -> None:
     hooks._decide(state, rewritten.format(5), CATALOG, FACTS)         # embeds a drawn value
     assert parsed == [read.format(1), read.format(2), read.format(3), rewritten.format(4),
                       rewritten.format(5)]
+
+
+def test_a_text_without_a_template_is_decided_once_per_text(monkeypatch) -> None:
+    """A Parse with parameters ($1) or a dollar quote has no numeric template: the same text
+    again gets the same decision; a rewritten one is still decided each time."""
+    hooks, parsed = decider(monkeypatch)
+    state = _SessionState()
+    read = "SELECT balance FROM accounts WHERE id = $1"
+    assert hooks._decide(state, read, CATALOG, FACTS) == hooks._decide(state, read, CATALOG,
+                                                                        FACTS)
+    quoted = "SELECT $$x$$, balance FROM accounts WHERE id = 2"
+    hooks._decide(state, quoted, CATALOG, FACTS)
+    hooks._decide(state, quoted, CATALOG, FACTS)
+    hooks._decide(state, "SELECT $$x$$, balance FROM accounts WHERE id = 3", CATALOG, FACTS)
+    rewritten = "UPDATE accounts SET balance = random() WHERE id = $1"
+    hooks._decide(state, rewritten, CATALOG, FACTS)
+    hooks._decide(state, rewritten, CATALOG, FACTS)
+    assert parsed == [read, quoted, "SELECT $$x$$, balance FROM accounts WHERE id = 3",
+                      rewritten, rewritten]
+
+
+class Catalogs:
+    catalog = CATALOG
+
+    def current(self):
+        return CATALOG
+
+
+class Session:
+    def __init__(self, in_batch: bool) -> None:
+        self.extra: dict = {}
+        self.parameters: dict = {}
+        self.encoding = "utf-8"
+        self.executions = 0
+        self.in_batch = in_batch
+        self.hooked = intercept._ALL
+        self.transaction_status = "I"
+
+
+def test_a_parse_with_current_facts_is_kept_without_a_hook_task(monkeypatch) -> None:
+    """Also inside a batch (a Parse after a Bind in a pipeline, or a Bind after its Parse):
+    there the decoded path would use the same facts."""
+    import asyncio
+
+    from replicate.pgwire import messages as m
+    from replicate.runtime.relay import Action
+
+    hooks, parsed = decider(monkeypatch)
+    hooks.catalogs = Catalogs()
+
+    async def scenario(in_batch: bool):
+        session = Session(in_batch)
+        state = session.extra["replicate"] = _SessionState()
+        state.facts, state.facts_catalog, state.facts_executions = dict(FACTS), CATALOG, 0
+        state.facts_at = asyncio.get_running_loop().time()
+        sql = "SELECT balance FROM accounts WHERE id = $1"
+        actions = [hooks.on_frontend(session, m.Parse("", sql, ())),
+                   hooks.on_frontend(session, m.Bind("", "", (), (b"1",), ())),
+                   hooks.on_frontend(session, m.Parse("", sql, ()))]
+        return actions, state.statements[""].decision
+
+    for in_batch in (False, True):
+        parsed.clear()
+        actions, decision = asyncio.run(scenario(in_batch))
+        assert actions == [Action.FORWARD] * 3
+        assert decision == Read(0, 42, frozenset({ACCOUNTS}), pure=True)
+        assert len(parsed) == 1
