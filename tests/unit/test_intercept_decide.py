@@ -4,6 +4,8 @@ as the session's facts and the catalog are the ones it was decided under."""
 
 from __future__ import annotations
 
+from hook_fakes import FakeSession
+
 from replicate.gate import Catalog, ColumnInfo, Read, Replicate, TableInfo, TableName
 from replicate.runtime import intercept
 from replicate.runtime.intercept import ReplicateHooks, _SessionState
@@ -85,17 +87,6 @@ class Catalogs:
         return CATALOG
 
 
-class Session:
-    def __init__(self, in_batch: bool) -> None:
-        self.extra: dict = {}
-        self.parameters: dict = {}
-        self.encoding = "utf-8"
-        self.executions = 0
-        self.in_batch = in_batch
-        self.hooked = intercept._ALL
-        self.transaction_status = "I"
-
-
 def test_a_parse_with_current_facts_is_kept_without_a_hook_task(monkeypatch) -> None:
     """Also inside a batch (a Parse after a Bind in a pipeline, or a Bind after its Parse):
     there the decoded path would use the same facts."""
@@ -108,7 +99,7 @@ def test_a_parse_with_current_facts_is_kept_without_a_hook_task(monkeypatch) -> 
     hooks.catalogs = Catalogs()
 
     async def scenario(in_batch: bool):
-        session = Session(in_batch)
+        session = FakeSession(in_batch=in_batch)
         state = session.extra["replicate"] = _SessionState()
         state.facts, state.facts_catalog, state.facts_executions = dict(FACTS), CATALOG, 0
         state.facts_at = asyncio.get_running_loop().time()

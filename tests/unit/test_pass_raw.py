@@ -13,13 +13,13 @@ import asyncio
 import inspect
 
 import pytest
+from hook_fakes import FakeSession
 
 from replicate.gate import Read, Replicate
 from replicate.pgwire import codec
 from replicate.pgwire import messages as m
 from replicate.runtime import intercept
 from replicate.runtime.intercept import ReplicateHooks, _SessionState, _Statement
-from replicate.runtime.relay import Action
 
 # a decoded path that would start a hook task returns a coroutine; the test only closes it
 pytestmark = pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
@@ -37,29 +37,6 @@ class FakeEngine:
         return self.lease_index
 
 
-class FakeSession:
-    def __init__(self) -> None:
-        self.extra: dict = {}
-        self.parameters = {"TimeZone": "UTC"}
-        self.encoding = "utf-8"
-        self.executions = 0
-        self.in_batch = False
-        self.hooked = intercept._ALL
-        self.transaction_status = "I"
-
-    def peek_frames(self, n: int) -> list[bytes]:
-        return []
-
-    def forwarded(self, message) -> None:
-        """What the relay does for a message it forwards (``Session._forwarded``, in_batch)."""
-        if type(message) in (m.Query, m.Execute):
-            self.executions += 1
-        if type(message) in (m.Parse, m.Bind, m.Describe, m.Execute, m.Close):
-            self.in_batch = True
-        elif type(message) is m.Sync:
-            self.in_batch = False
-
-
 def statements() -> dict[str, _Statement]:
     return {
         "read": _Statement("SELECT * FROM t WHERE id = $1", (23,), Read(0, 29, pure=True)),
@@ -74,7 +51,7 @@ def setup(*, consistency: str = "local", lease_index: int | None = None,
           fresh: bool = True, failed: bool = False, kept: bool = True):
     hooks = ReplicateHooks(engine=FakeEngine(lease_index), catalogs=None,
                            default_consistency=consistency)
-    session = FakeSession()
+    session = FakeSession(parameters={"TimeZone": "UTC"})
     state = session.extra["replicate"] = _SessionState()
     if kept:
         state.statements = statements()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import hook_fakes
 from replicate.gate import Read
 from replicate.pgwire import messages as m
 from replicate.runtime import intercept
@@ -12,20 +13,14 @@ from replicate.runtime.intercept import ReplicateHooks, _Statement, session_sql
 from replicate.runtime.relay import Action
 
 
-class FakeSession:
-    """What the hooks use of a relay session, counting executions as the relay does; counts
-    the facts queries."""
+class FakeSession(hook_fakes.FakeSession):
+    """What the hooks use of a relay session; counts the facts queries."""
 
     def __init__(self) -> None:
-        self.extra: dict = {}
-        self.parameters = {"TimeZone": "UTC", "DateStyle": "ISO, MDY"}
-        self.encoding = "utf-8"
+        super().__init__(parameters={"TimeZone": "UTC", "DateStyle": "ISO, MDY"})
         self.facts_queries = 0
         self.role = "alice"
-        self.executions = 0
-        self.in_batch = False
         self.hooked = frozenset()
-        self.transaction_status = "I"
 
     async def exchange(self, message) -> list:
         assert message == m.Query(session_sql())
@@ -47,12 +42,7 @@ def send(hooks: Hooks, session: FakeSession, message) -> Action:
     """One client message through the hooks, then what the relay does when it forwards it."""
     action = hooks.on_frontend(session, message)
     assert action is Action.FORWARD
-    if type(message) in (m.Query, m.Execute):
-        session.executions += 1
-    if type(message) in (m.Parse, m.Bind, m.Describe, m.Execute, m.Close):
-        session.in_batch = True
-    elif type(message) is m.Sync:
-        session.in_batch = False
+    session.forwarded(message)
     return action
 
 
