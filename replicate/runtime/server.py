@@ -3,7 +3,8 @@
 The first 8 bytes of a connection tell them apart (see ``peerwire``). Peer
 connections carry frames to the engine: Heartbeat, Chosen and Forward into the Paxos
 driver; Submit, ReadIndexRequest and StatusRequest are answered on the same
-connection, concurrently (one task per request, replies tagged by token).
+connection, concurrently (one task per request, replies tagged by token; a proxy's
+read-index request that the leader's read lease answers is answered at once, no task).
 ReadIndexRequest means two things: from a proxy, "you are the leader: give me
 a confirmed commit index" (a follower keeps one connection open for these and
 shares each request among its concurrent reads; here they join the leader's
@@ -113,6 +114,11 @@ class ProxyServer:
                         sender = frame.sender
                     elif isinstance(frame, (Heartbeat, Chosen, Forward)):
                         self.engine.deliver_peer_frame(sender, frame)
+                    elif type(frame) is peerwire.ReadIndexRequest and sender != peerwire.CLIENT \
+                            and (index := self.engine.lease_read_index()) is not None:
+                        # a follower's read index, answered from our read lease at once: the
+                        # same answer _answer would give, without a task per request
+                        self._reply(writer, peerwire.ReadIndexReply(frame.token, True, index))
                     elif isinstance(frame, (peerwire.Submit, peerwire.ReadIndexRequest,
                                             peerwire.StatusRequest)):
                         task = asyncio.create_task(self._answer(frame, sender, writer))
@@ -153,8 +159,17 @@ class ProxyServer:
         else:
             assert isinstance(frame, peerwire.StatusRequest)
             reply = peerwire.StatusReply(frame.token, engine.status_json())
+        if self._reply(writer, reply):
+            try:
+                await writer.drain()
+            except (ConnectionError, RuntimeError):  # RuntimeError: uvloop, a closed transport
+                pass
+
+    @staticmethod
+    def _reply(writer: asyncio.StreamWriter, reply: peerwire.Frame) -> bool:
+        """Write ``reply``; False if the connection is gone."""
         try:
             writer.write(peerwire.encode(reply))
-            await writer.drain()
+            return True
         except (ConnectionError, RuntimeError):  # RuntimeError: uvloop, a closed transport
-            pass
+            return False
