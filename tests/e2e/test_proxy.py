@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import shutil
 import socket
+import struct
 import subprocess
 import time
 
@@ -23,7 +24,7 @@ from replicate.pgwire import codec
 from replicate.pgwire import messages as m
 from replicate.runtime.client import ProxyClient
 
-from .replicated import start_replicated
+from .replicated import start_replicated, wait_for_leader
 
 pytestmark = pytest.mark.e2e
 
@@ -561,3 +562,56 @@ def test_simple_texts_that_differ_in_numbers_each_do_their_own_work(proxied) -> 
     assert done.stdout.split() == [f"{i}|{i + i - 1300}.00" for i in ids]
     rows = {r[0]: r[2] for r in rows_everywhere(proxied) if r[0] in ids}
     assert rows == {i: i + i - 1300 for i in ids}
+
+
+def _hang_up(sock: socket.socket) -> None:
+    """End the stream after what was sent (so the proxy reads all of it), then reset, as a
+    killed client does: the proxy's next write to it fails."""
+    sock.shutdown(socket.SHUT_WR)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def test_clients_that_hang_up_mid_answer_leave_no_error_and_no_write_twice(proxied) -> None:
+    """Clients reset their connection right after a replicated write (simple and extended) or
+    a large read: the proxies (followers and leader, on uvloop) drop those sessions without
+    an error, apply no write twice (an unanswered write may or may not be applied, as with
+    PostgreSQL itself), the nodes agree, and the proxies keep serving."""
+    leader = asyncio.run(wait_for_leader(proxied))
+    startup = m.StartupMessage({"user": "postgres", "database": "postgres"})
+    logs = {n.name: proxied.proxy(n.name).log_file for n in proxied.nodes}
+    sizes = {name: path.stat().st_size for name, path in logs.items()}
+    upsert = ("INSERT INTO accounts (id, owner, balance) VALUES ({}, 'gone', 1) "
+              "ON CONFLICT (id) DO UPDATE SET balance = accounts.balance + 1")
+    keys = iter(range(4100, 4200))
+    sent = []
+    for name in ("n1", "n2", "n3"):
+        for _ in range(5):
+            simple, extended = next(keys), next(keys)
+            sent += [simple, extended]
+            batches = [
+                [m.Query(upsert.format(simple))],
+                [m.Parse("", upsert.format("$1"), ()),
+                 m.Bind("", "", (), (str(extended).encode(),), ()), m.Execute("", 0), m.Sync()],
+                [m.Query("SELECT a.*, repeat('z', 100000) FROM accounts a, "
+                         "generate_series(1, 20)")],
+            ]
+            for messages in batches:
+                with socket.create_connection(proxied.proxy_address(name), timeout=30) as sock:
+                    assert isinstance(_raw_exchange(sock, startup)[-1], m.ReadyForQuery)
+                    sock.sendall(b"".join(codec.encode(msg) for msg in messages))
+                    _hang_up(sock)
+    time.sleep(1)  # writes that were submitted still travel
+    rows = {r[0]: r for r in rows_everywhere(proxied)}
+    applied = [key for key in sent if key in rows]
+    assert applied and all(rows[key][2] == 1 for key in applied), [rows.get(k) for k in sent]
+    for name, path in logs.items():
+        with open(path, "rb") as f:
+            f.seek(sizes[name])
+            added = f.read().decode(errors="replace")
+        assert not any(word in added for word in ("ERROR", "Traceback", "exception")), \
+            (name, leader, added[-3000:])
+    for name in logs:
+        with psycopg.connect(proxy_dsn(proxied, name), autocommit=True) as conn:
+            conn.execute(upsert.format(4300), prepare=False)
+    assert {r[0]: r for r in rows_everywhere(proxied)}[4300][2] == 3
