@@ -183,7 +183,7 @@ class _SessionState:
     decided_for: tuple = (None, None)
 
 
-_SYNC_CODE, _DESCRIBE_CODE, _FLUSH_CODE, _EXECUTE_CODE, _BIND_CODE = b"SDHEB"
+_SYNC_CODE, _DESCRIBE_CODE, _FLUSH_CODE, _EXECUTE_CODE, _BIND_CODE, _QUERY_CODE = b"SDHEBQ"
 
 
 def _cstring(data: bytes, start: int, end: int, encoding: str) -> tuple[str, int] | None:
@@ -308,11 +308,18 @@ class ReplicateHooks(Hooks):
 
     def pass_raw(self, session: Session, code: int, data: bytes, start: int, end: int) -> bool:
         """The relay's undecoded path (``replicate.runtime.relay``) for the messages of a
-        prepared read: each decision here is the one ``_dispatch`` makes for the decoded
-        message, taken from its bytes; anything else says False and goes to ``_dispatch``."""
+        prepared read, and for a Query that cannot matter: each decision here is the one
+        ``_dispatch`` makes for the decoded message, taken from its bytes; anything else says
+        False and goes to ``_dispatch``."""
         state = session.extra.get("replicate")
         if state is None or state.failed:
             return False
+        if code == _QUERY_CODE:
+            sql = _cstring(data, start + 5, end, session.encoding)
+            if sql is None or sql[1] != end or self._may_matter(sql[0]):
+                return False
+            state.mid_batch = False
+            return True
         if code == _SYNC_CODE:
             if end - start != 5:
                 return False

@@ -47,10 +47,15 @@ def statements() -> dict[str, _Statement]:
     }
 
 
+class Hooks(ReplicateHooks):
+    def _may_matter(self, sql: str) -> bool:
+        return "registered" in sql  # the catalog's answer, without a catalog
+
+
 def setup(*, consistency: str = "local", lease_index: int | None = None,
           fresh: bool = True, failed: bool = False, kept: bool = True):
-    hooks = ReplicateHooks(engine=FakeEngine(lease_index), catalogs=None,
-                           default_consistency=consistency)
+    hooks = Hooks(engine=FakeEngine(lease_index), catalogs=None,
+                  default_consistency=consistency)
     session = FakeSession(parameters={"TimeZone": "UTC"})
     state = session.extra["replicate"] = _SessionState()
     if kept:
@@ -160,6 +165,15 @@ def test_a_sync_with_nothing_kept_quiets_the_session_on_both_paths() -> None:
     assert raw_trace == trace and trace[-1][4] == intercept._QUIET
 
 
+def test_a_query_that_cannot_matter_passes_and_one_that_may_is_decoded() -> None:
+    messages = [m.Query("SELECT 1"), m.Query("SELECT * FROM registered"), m.Query("SELECT 2")]
+    passed, raw_trace, trace = run(messages)
+    assert passed == [True, False, True]
+    assert raw_trace == trace and trace[-1][5] == 2  # the relay counted the two forwarded
+    passed, _, _ = run(messages, failed=True)
+    assert passed == [False] * 3
+
+
 def test_malformed_messages_are_left_to_the_decoder() -> None:
     async def scenario():
         hooks, session = setup()
@@ -167,6 +181,8 @@ def test_malformed_messages_are_left_to_the_decoder() -> None:
                      b"B\x00\x00\x00\x07a\x00b",      # none after the statement name
                      b"E\x00\x00\x00\x05x",           # none after the portal name
                      b"S\x00\x00\x00\x05x",           # a Sync with a body
+                     b"Q\x00\x00\x00\x07a\x00b",      # bytes after the query's NUL
+                     b"Q\x00\x00\x00\x05a",           # no NUL
                      b"B\x00\x00\x00\x08\xff\x00r\x00"):  # a name that is not UTF-8
             assert hooks.pass_raw(session, data[0], data, 0, len(data)) is False, data
         return snapshot(session)
