@@ -146,7 +146,7 @@ class HooksProtocol(Protocol):
 
 
 class Hooks:
-    """Forward everything (subclass and override ``on_frontend``, and ``pass_raw``)."""
+    """Forward everything (subclass and override ``on_frontend``; ``pass_raw`` optionally)."""
 
     def on_frontend(self, session: "Session", message: Any) -> Action | Awaitable[Action]:
         return Action.FORWARD
