@@ -512,10 +512,15 @@ class ReplicateHooks(Hooks):
     def _facts_current(session: Session, state: _SessionState) -> bool:
         """The facts last read still hold (see the module docstring)."""
         facts = state.facts
-        return (facts is not None and state.facts_executions == session.executions
-                and asyncio.get_running_loop().time() - state.facts_at < FACTS_MAX_AGE
-                and all(facts.get(name) == session.parameters.get(name, facts.get(name))
-                        for name in _REPORTED))
+        if facts is None or state.facts_executions != session.executions \
+                or asyncio.get_running_loop().time() - state.facts_at >= FACTS_MAX_AGE:
+            return False
+        reported = session.parameters
+        for name in _REPORTED:  # a loop, not all(...): this runs for every read
+            value = reported.get(name)
+            if value is not None and value != facts.get(name):
+                return False
+        return True
 
     def _facts_fresh(self, session: Session, state: _SessionState, catalog: Any) -> bool:
         """The facts last read may be used as they are, without awaiting: current

@@ -320,6 +320,7 @@ class Session:
         self.backend_fatal = False
         self.hooks = hooks
         self._pass_raw = getattr(hooks, "pass_raw", None)
+        self._raw_refused = False  # pass_raw said no to the next message in the decoder
         self.extra: dict[str, Any] = {}  # per-session state that hooks keep
         self._decoder = decoder
         self._front_scanner = codec.FrameScanner(b"QSFX", parse=_frame_type,
@@ -584,6 +585,7 @@ class Session:
                 break   # cut, or malformed: the decoder buffers it or raises
             if code in self.hooked and (pass_raw is None
                                         or not pass_raw(self, code, data, pos, end)):
+                self._raw_refused = pass_raw is not None  # not asked again when decoded
                 break
             if code in _BATCH_TYPES:
                 self.in_batch = True
@@ -616,7 +618,8 @@ class Session:
             while (frame := decoder.next_typed_frame()) is not None:
                 t, raw = frame
                 code = raw[0]
-                if code in self.hooked and (pass_raw is None
+                refused, self._raw_refused = self._raw_refused, False
+                if code in self.hooked and (pass_raw is None or refused
                                             or not pass_raw(self, code, raw, 0, len(raw))):
                     action = hooks.on_frontend(self, codec.parse_frontend(t, raw[5:],
                                                                           decoder.encoding))

@@ -536,10 +536,12 @@ class PassingRaw(Hooks):
         self.refused = refused
         self.raw: list[tuple[str, bool]] = []      # (type code, session.in_batch)
         self.decoded: list[str] = []
+        self.refusals = 0
 
     def pass_raw(self, session, code, data, start, end):
         assert codec.MAX_MESSAGE_LENGTH >= end - start >= 5 and data[start] == code
         if code == ord("B") and self.refused in data[start:end]:
+            self.refusals += 1
             return False
         if code in b"BDES":
             self.raw.append((chr(code), session.in_batch))
@@ -566,9 +568,10 @@ def test_hooks_can_pass_messages_undecoded(relayed) -> None:
                 for i in range(3):  # prepared as _pg3_1: its Binds are refused
                     cur = await conn.execute("SELECT %s::int + 100", (i,), prepare=True)
                     assert await cur.fetchone() == (i + 100,)
-                # a refused Bind goes to on_frontend decoded; the messages after it are
-                # still offered to pass_raw first
+                # a refused Bind goes to on_frontend decoded, asked once (also when it
+                # started a chunk); the messages after it are still offered to pass_raw first
                 assert hooks.decoded.count("Bind") == 3 and "Execute" not in hooks.decoded
+                assert hooks.refusals == 3
                 after = [code for code, _ in hooks.raw[raw_before:]]
                 assert after.count("B") == 0 and after.count("E") == 3
                 async with conn.pipeline():
