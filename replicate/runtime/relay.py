@@ -55,8 +55,9 @@ first for every hooked message, with the message's whole bytes ``data[start:end]
 undecoded, before ``session.in_batch`` counts it. True: the hook decided from those bytes
 and did its own book-keeping, and the message is forwarded like an unhooked one. False:
 nothing changed, and the message takes the decoded path to ``on_frontend`` (at the start
-of a chunk, with the rest of the chunk). It lets the messages of a common case (a read's
-Bind, Describe, Execute, Sync) go without decoding each into an object.
+of a chunk, with the rest of the chunk) without being asked again. It lets the messages of
+a common case (a read's Bind, Describe, Execute, Sync) go without decoding each into an
+object.
 
 ``Session`` exposes:
 
@@ -226,6 +227,11 @@ def _frame_type(type_: bytes, body: bytes, encoding: str) -> int:
     return type_[0]
 
 
+def _never_raw(session: "Session", code: int, data: bytes, start: int, end: int) -> bool:
+    """``pass_raw`` for hooks that have none: every hooked message is decoded."""
+    return False
+
+
 # The last reply the node sends for each extended-protocol message (Parse '1', Bind '2',
 # Close '3', Describe 'T'/'n', Execute 'C'/'I'/'s'): counted, not parsed, for ``settle``.
 _TERMINAL = b"123nTCIs"
@@ -319,7 +325,7 @@ class Session:
         self.pending = 0
         self.backend_fatal = False
         self.hooks = hooks
-        self._pass_raw = getattr(hooks, "pass_raw", None)
+        self._pass_raw = getattr(hooks, "pass_raw", _never_raw)
         self._raw_refused = False  # pass_raw said no to the next message in the decoder
         self.extra: dict[str, Any] = {}  # per-session state that hooks keep
         self._decoder = decoder
@@ -583,9 +589,8 @@ class Session:
             end = pos + 1 + length
             if length < 4 or length > codec.MAX_MESSAGE_LENGTH or end > n:
                 break   # cut, or malformed: the decoder buffers it or raises
-            if code in self.hooked and (pass_raw is None
-                                        or not pass_raw(self, code, data, pos, end)):
-                self._raw_refused = pass_raw is not None  # not asked again when decoded
+            if code in self.hooked and not pass_raw(self, code, data, pos, end):
+                self._raw_refused = True  # not asked again once decoded
                 break
             if code in _BATCH_TYPES:
                 self.in_batch = True
@@ -619,7 +624,7 @@ class Session:
                 t, raw = frame
                 code = raw[0]
                 refused, self._raw_refused = self._raw_refused, False
-                if code in self.hooked and (pass_raw is None or refused
+                if code in self.hooked and (refused
                                             or not pass_raw(self, code, raw, 0, len(raw))):
                     action = hooks.on_frontend(self, codec.parse_frontend(t, raw[5:],
                                                                           decoder.encoding))
