@@ -11,6 +11,16 @@ batch chosen (an ``Accepted`` or ``Committed`` reply whose ``commit_upto`` cover
 from an acceptor that accepted the batch under this ballot). So whatever a replica delivers can
 be fetched from some acceptor later, and a future leader need not re-propose it.
 
+A *thrifty* leadership sends each batch's ``Accept`` only to a majority: the acceptors that
+answered first lately (``rank``; its own acceptor first until a reply says otherwise). A
+majority is all a batch needs to be chosen, and on a machine the nodes share every Accept is a
+transaction and an fsync. The others get the values at the next heartbeat, consecutive batches
+in one ``Accept`` (``take_lazy``), so every acceptor's log still holds every slot a little
+later. Every ``PROBE_EVERY``-th batch goes to all of them, and the acceptors that made a batch
+chosen move to the front of ``rank``: a slow or dead acceptor drops out of the majority that
+is sent to. A batch its majority does not accept is sent to the rest by the heartbeat's
+retransmit, as before.
+
 The request ids it proposed are remembered so that a retried request (a follower forwarding it
 again, a client retrying through this proxy) is not proposed twice while the first is in
 flight. Only the newest ``REMEMBERED_IDS`` are kept: a leader may lead for months, and a
@@ -32,6 +42,10 @@ from replicate.paxos.messages import NOOP, Promise, Value
 # Request ids a leadership remembers (~100 bytes each). A client's or follower's retry comes
 # seconds after the first attempt, i.e. a few thousand slots later at most here.
 REMEMBERED_IDS = 100_000
+# A thrifty leadership sends every PROBE_EVERY-th batch to every acceptor, to see who answers
+# first now; and puts at most LAZY_VALUES values in one Accept to the acceptors it skipped.
+PROBE_EVERY = 16
+LAZY_VALUES = 256
 
 
 class Batch:
@@ -45,6 +59,7 @@ class Batch:
         self.acks: set[int] = set()  # acceptors that accepted the batch under our ballot
         self.chosen = False          # a majority accepted it under our ballot
         self.marked = False          # some acceptor confirmed it marked the batch chosen
+        # (a thrifty leadership's batch sent to only some acceptors is also in ``lazy``)
 
     @property
     def last_slot(self) -> int:
@@ -75,9 +90,12 @@ class Leadership:
     """Phase-2 state of one leader under one ballot."""
 
     def __init__(self, ballot: Ballot, n_acceptors: int, commit_upto: int, *,
-                 window: int, max_batch: int, remembered_ids: int = REMEMBERED_IDS) -> None:
+                 window: int, max_batch: int, remembered_ids: int = REMEMBERED_IDS,
+                 thrifty: bool = False, own: int = 0) -> None:
         if window < 1 or max_batch < 1 or remembered_ids < 1:
             raise ValueError("window, max_batch and remembered_ids must be >= 1")
+        if not 0 <= own < n_acceptors:
+            raise ValueError(f"own acceptor {own} outside 0..{n_acceptors - 1}")
         self.ballot = ballot
         self.n_acceptors = n_acceptors
         self.quorum = n_acceptors // 2 + 1
@@ -95,6 +113,11 @@ class Leadership:
         self._id_order: deque[str] = deque()  # the same ids, oldest first
         self._remembered_ids = remembered_ids
         self._in_flight = 0
+        self.thrifty = thrifty
+        # acceptors, those that answered first lately first: ours, then the next ids
+        self.rank = [(own + k) % n_acceptors for k in range(n_acceptors)]
+        self.lazy: dict[int, list[Batch]] = {}  # acceptor -> batches not sent to it yet
+        self._until_probe = 0                   # thrifty batches before the next probe
 
     # -- proposals
     def enqueue(self, value: Value, *, force: bool = False) -> bool:
@@ -133,6 +156,35 @@ class Leadership:
             out.append(batch)
         return out
 
+    def targets(self, batch: Batch) -> list[int]:
+        """The acceptors to send ``batch``'s Accept to now (in ``next_batches`` order). A
+        thrifty leadership names the first majority of ``rank`` and keeps the batch in
+        ``lazy`` for the others, except for every ``PROBE_EVERY``-th batch."""
+        if not self.thrifty or self.quorum >= self.n_acceptors or self._until_probe <= 0:
+            self._until_probe = PROBE_EVERY - 1
+            return list(range(self.n_acceptors))
+        self._until_probe -= 1
+        for j in self.rank[self.quorum:]:
+            self.lazy.setdefault(j, []).append(batch)
+        return self.rank[:self.quorum]
+
+    def take_lazy(self) -> list[tuple[int, int, tuple[Value, ...]]]:
+        """``(acceptor, first_slot, values)`` for the batches not sent to an acceptor yet,
+        consecutive ones in one Accept of at most ``LAZY_VALUES`` values; forgets them."""
+        out: list[tuple[int, int, tuple[Value, ...]]] = []
+        for j, batches in self.lazy.items():
+            first, values = batches[0].first_slot, list(batches[0].values)
+            for b in batches[1:]:
+                if b.first_slot == first + len(values) \
+                        and len(values) + len(b.values) <= LAZY_VALUES:
+                    values.extend(b.values)
+                    continue
+                out.append((j, first, tuple(values)))
+                first, values = b.first_slot, list(b.values)
+            out.append((j, first, tuple(values)))
+        self.lazy = {}
+        return out
+
     def unchosen(self) -> list[Batch]:
         return [b for b in self.batches.values() if not b.chosen]
 
@@ -150,6 +202,10 @@ class Leadership:
                 batch.chosen = True
                 self._in_flight -= 1
                 self._advance_commit()
+                if self.thrifty:  # the majority that answered first goes first next time
+                    acks = batch.acks
+                    self.rank = [j for j in self.rank if j in acks] \
+                        + [j for j in self.rank if j not in acks]
         self.on_committed(acceptor, commit_upto)
 
     def on_committed(self, acceptor: int, commit_upto: int) -> None:

@@ -81,6 +81,9 @@ class Config:
     fetch_ticks: int = 2        # learner: period of Fetch while lagging
     fetch_limit: int = 64       # entries per Fetch
     early_apply: int = 256      # slots a replica may apply beyond the prefix it knows marked
+    # leader: send each Accept to a majority only, the others the values at the heartbeat
+    # (proposer.py, "thrifty")
+    thrifty: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -408,7 +411,8 @@ class Replica:
         self.leader = self.id
         self._leader_ballot = self.ballot
         lead = self.leadership_class(self.ballot, self.config.n, self._from_slot - 1,
-                                     window=self.config.window, max_batch=self.config.max_batch)
+                                     window=self.config.window, max_batch=self.config.max_batch,
+                                     thrifty=self.config.thrifty, own=self.id)
         recovered = self._recover(list(self._promises.values()), self._from_slot)
         for v in recovered:
             lead.enqueue(v, force=True)
@@ -429,14 +433,15 @@ class Replica:
 
     # ------------------------------------------------------------------ phase 2
     def _pump(self) -> None:
-        """Send new batches while the window allows (each carries the commit index)."""
+        """Send new batches while the window allows (each carries the commit index), to every
+        acceptor or, thrifty, to a majority (the others get them at the heartbeat)."""
         lead = self.lead
         assert lead is not None
         batches = lead.next_batches()
         for b in batches:
             lead.sent_commit = lead.commit_upto
             msg = Accept(self.ballot, b.first_slot, b.values, lead.commit_upto)
-            for j in range(self.config.n):
+            for j in lead.targets(b):
                 self._send(acceptor_addr(j), msg)
         # A new commit index is not sent on its own: it rides on the next Accept, or on the
         # heartbeat's Commit when the cluster is quiet. Nobody waits for the marks: replicas
@@ -489,6 +494,8 @@ class Replica:
             for j in range(self.config.n):
                 if j not in b.acks:
                     self._send(acceptor_addr(j), msg)
+        for j, first, values in lead.take_lazy():  # thrifty: what the others were not sent
+            self._send(acceptor_addr(j), Accept(self.ballot, first, values, lead.commit_upto))
 
     # ------------------------------------------------------------------ output
     def _send(self, dst: Addr, msg: Message) -> None:

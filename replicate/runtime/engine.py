@@ -95,7 +95,7 @@ class NotLeader(ReplicateError):
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     tick_s: float = 0.05               # one core tick
-    paxos: PaxosConfig | None = None   # default: PaxosConfig(n) with the core's defaults
+    paxos: PaxosConfig | None = None   # default: see Engine.__init__ (one batch, thrifty)
     submit_timeout_s: float = 15.0
     retry_interval_s: float = 2.0
     apply_timeout_ms: int = 5000
@@ -196,7 +196,10 @@ class Engine:
         # One batch in flight of up to 64 values: the machine is CPU-bound at 8 and 32 clients,
         # and the writes that arrive while a batch is out make the next one larger, so fewer
         # acceptor calls and apply transactions per write (docs/decisions.md, "Batch window").
-        self.paxos_config = settings.paxos or PaxosConfig(n=self.n, window=1, max_batch=64)
+        # Thrifty: each Accept to a majority of acceptors, the others get the values at the
+        # heartbeat (docs/decisions.md, "Accepts to a majority").
+        self.paxos_config = settings.paxos or PaxosConfig(n=self.n, window=1, max_batch=64,
+                                                          thrifty=True)
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
         self.replica: Replica | None = None

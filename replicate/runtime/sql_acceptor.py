@@ -76,7 +76,7 @@ _PQ_SQL = {Prepare: "SELECT * FROM replicate.prepare($1, $2, $3)",
 _I8, _I4 = pqconn.int8, pqconn.int4
 
 
-# The leader sends one Accept object to every acceptor: its arrays (every payload of the
+# The leader sends one Accept object to several acceptors: its arrays (every payload of the
 # batch) are encoded once, not once per link. Keyed by identity; the entry keeps the request
 # alive, so its id cannot be reused while it is cached.
 _ENCODED_ACCEPTS: dict[int, tuple[Accept, Query]] = {}
