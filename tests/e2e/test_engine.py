@@ -51,6 +51,45 @@ def test_1000_concurrent_writes_through_all_proxies(make_cluster) -> None:
     assert_exactly_once(keys, log.acked)
 
 
+def test_every_nodes_log_holds_every_slot_although_each_accept_went_to_a_majority(
+        make_cluster) -> None:
+    """The leader sends each batch to two of the three nodes (thrifty); the third gets the
+    slots it missed at the heartbeat, several batches in one accept, and marks them chosen."""
+    cluster = make_cluster(3)
+    start_replicated(cluster)
+    log = WriteLog()
+
+    async def run() -> None:
+        (c,) = await clients(cluster, {await wait_for_leader(cluster)})
+        await write_keys(c, [f"s{i:03d}" for i in range(60)], log, concurrency=1)
+        await c.close()
+
+    asyncio.run(run())
+    assert len(log.acked) == 60 and not log.failed
+    slot, keys = wait_converged(cluster)
+    assert_exactly_once(keys, log.acked)
+    deadline = time.monotonic() + 20
+    while True:
+        logs = []
+        for node in cluster.nodes:
+            with psycopg.connect(node.dsn, autocommit=True) as conn:
+                logs.append(conn.execute(
+                    "SELECT count(*), count(*) FILTER (WHERE chosen), "
+                    "count(DISTINCT slot) FILTER (WHERE slot <= %s) FROM replicate.log",
+                    [slot]).fetchone())
+        if all(rows == marked and within == slot for rows, marked, within in logs):
+            break
+        assert time.monotonic() < deadline, f"logs (rows, marked, slots <= {slot}): {logs}"
+        time.sleep(0.2)
+    with psycopg.connect(cluster.nodes[0].dsn, autocommit=True) as conn:
+        first = conn.execute("SELECT slot, request_id, payload FROM replicate.log "
+                             "ORDER BY slot").fetchall()
+    for node in cluster.nodes[1:]:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            assert conn.execute("SELECT slot, request_id, payload FROM replicate.log "
+                                "ORDER BY slot").fetchall() == first
+
+
 def test_sigkill_of_a_node_during_writes_then_catch_up(make_cluster) -> None:
     cluster = make_cluster(3)
     start_replicated(cluster)
