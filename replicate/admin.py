@@ -37,7 +37,9 @@ from typing import Any, Awaitable, Callable, Sequence, TypeVar
 import psycopg
 from psycopg import sql
 
-from replicate.command import Entry, Outcome, Status, register_table, unregister_table
+from replicate.command import (
+    Entry, Outcome, Status, applied_settings, register_table, unregister_table,
+)
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import NodeUnavailable, ReplicateError
 from replicate.runtime.client import ProxyClient
@@ -859,7 +861,7 @@ def decode_entry(payload: bytes | None, status: str | None,
     extras: dict[str, Any] = {}
     if full:
         extras = {"params": tuple(param_text(p.value, p.type_oid, p.binary) for p in entry.params),
-                  "settings": dict(entry.settings), "role": entry.role}
+                  "settings": applied_settings(entry), "role": entry.role}
     return entry.kind.value, entry.sql, extras
 
 

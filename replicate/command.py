@@ -33,6 +33,34 @@ _DECODER = json.JSONDecoder()
 # Session settings that change what a statement computes; an entry carries their values.
 RESULT_SETTINGS = ("search_path", "TimeZone", "DateStyle", "IntervalStyle", "extra_float_digits",
                    "bytea_output", "standard_conforming_strings")
+# Where an entry does not carry a setting, every node applies it with this value, not its own
+# default (every applier has, since the first one). So an entry leaves out a setting whose
+# value is this one: the same apply on every node, old or new, in fewer bytes.
+CANONICAL_SETTINGS = {
+    "search_path": '"$user", public',
+    "TimeZone": "UTC",
+    "DateStyle": "ISO, MDY",
+    "IntervalStyle": "postgres",
+    "extra_float_digits": "1",
+    "bytea_output": "hex",
+    "standard_conforming_strings": "on",
+}
+assert tuple(CANONICAL_SETTINGS) == RESULT_SETTINGS
+
+
+def carried_settings(values: dict[str, str | None]) -> tuple[tuple[str, str], ...]:
+    """The settings an entry carries for a session whose settings are ``values``: those known
+    and not canonical (pure)."""
+    return tuple((name, value) for name in RESULT_SETTINGS
+                 if (value := values.get(name)) is not None
+                 and value != CANONICAL_SETTINGS[name])
+
+
+def applied_settings(entry: "Entry") -> dict[str, str]:
+    """Every result setting as each node applies ``entry``: its own, else the canonical."""
+    settings = dict(CANONICAL_SETTINGS)
+    settings.update(entry.settings)
+    return settings
 
 
 class EntryKind(str, enum.Enum):

@@ -37,7 +37,9 @@ from psycopg import AsyncRawCursor
 from psycopg.adapt import Dumper
 from psycopg.pq import Format, TransactionStatus
 
-from replicate.command import Column, Entry, EntryKind, Outcome, Param, Status
+from replicate.command import (
+    CANONICAL_SETTINGS, Column, Entry, EntryKind, Outcome, Param, Status, applied_settings,
+)
 from replicate.errors import ReplicateError
 from replicate.paxos.messages import ChosenEntry
 from replicate.runtime import pqconn
@@ -66,16 +68,6 @@ DETERMINISTIC_CLASSES = frozenset({
     "P0",  # PL/pgSQL raise / assert
 })
 
-# Where an entry does not carry a setting, every node uses this value, not its own default.
-CANONICAL_SETTINGS = {
-    "search_path": '"$user", public',
-    "TimeZone": "UTC",
-    "DateStyle": "ISO, MDY",
-    "IntervalStyle": "postgres",
-    "extra_float_digits": "1",
-    "bytea_output": "hex",
-    "standard_conforming_strings": "on",
-}
 _PRELUDE = "SELECT set_config('role', $1, true), " + ", ".join(
     f"set_config('{name}', ${i + 2}, true)" for i, name in enumerate(CANONICAL_SETTINGS))
 
@@ -183,9 +175,7 @@ class _Record:
 
 
 def _prelude_params(entry: Entry) -> list[str]:
-    settings = dict(CANONICAL_SETTINGS)
-    settings.update(entry.settings)
-    return [entry.role or "none", *settings.values()]
+    return [entry.role or "none", *applied_settings(entry).values()]
 
 
 def _parse_context(entry: Entry) -> tuple:

@@ -66,7 +66,7 @@ from typing import Any
 import psycopg
 import pglast
 
-from replicate.command import RESULT_SETTINGS, Entry, Outcome, Param
+from replicate.command import Entry, Outcome, Param, carried_settings
 from replicate.config import READ_CONSISTENCIES
 from replicate.errors import ReplicateError
 from replicate.gate import Catalog, Read, Refuse, Relay, Replicate, classify, load_catalog
@@ -581,9 +581,7 @@ class ReplicateHooks(Hooks):
 
     def _entry(self, text: str, facts: dict, params: tuple[Param, ...] = (),
                binary_results: bool = False) -> Entry:
-        settings = tuple((name, facts[name]) for name in RESULT_SETTINGS
-                         if facts.get(name) is not None)
-        return Entry(text, params=params, settings=settings, role=facts["role"],
+        return Entry(text, params=params, settings=carried_settings(facts), role=facts["role"],
                      binary_results=binary_results)
 
     async def _wait_for_reads(self, session: Session, facts: dict) -> None:

@@ -231,6 +231,7 @@ def test_log_shows_the_registration_and_the_writes_with_their_outcomes(cluster) 
     [entry] = one["entries"]
     assert entry["params"] == ["3", "cy", "7.25"]
     assert entry["settings"]["TimeZone"]
+    assert entry["settings"]["DateStyle"] == "ISO, MDY"  # left out of the entry: canonical
     text = replicate(cluster, "log", "--limit", "5")
     assert text.returncode == 0 and "23505" in text.stdout
 

@@ -10,7 +10,7 @@ import pytest
 
 from replicate.admin import (ColumnDef, Fingerprint, check_schemas, content_difference,
                              decode_entry, lint, param_text, schema_differences, summarize)
-from replicate.command import Entry, Param, register_table
+from replicate.command import CANONICAL_SETTINGS, Entry, Param, register_table
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
 
@@ -157,12 +157,15 @@ def test_param_text(value, oid, binary, expected) -> None:
 
 
 def test_decode_entry() -> None:
-    entry = Entry("INSERT INTO t VALUES ($1)", (Param(b"1"),), (("TimeZone", "UTC"),), "app")
+    entry = Entry("INSERT INTO t VALUES ($1)", (Param(b"1"),), (("TimeZone", "Asia/Tokyo"),),
+                  "app")
     assert decode_entry(entry.encode(), "ok", False) == (
         "statement", "INSERT INTO t VALUES ($1)", {})
+    # every setting as the nodes applied it: the entry's, else the canonical value
     assert decode_entry(entry.encode(), "ok", True) == (
         "statement", "INSERT INTO t VALUES ($1)",
-        {"params": ("1",), "settings": {"TimeZone": "UTC"}, "role": "app"})
+        {"params": ("1",), "settings": {**CANONICAL_SETTINGS, "TimeZone": "Asia/Tokyo"},
+         "role": "app"})
     assert decode_entry(register_table("public.t").encode(), "control", False)[:2] == (
         "control", "REGISTER TABLE public.t")
     assert decode_entry(b"", "noop", False) == ("noop", None, {})

@@ -4,7 +4,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replicate.command import Column, Entry, Outcome, Param, Status
+from replicate.command import (
+    CANONICAL_SETTINGS, RESULT_SETTINGS, Column, Entry, Outcome, Param, Status, applied_settings,
+    carried_settings,
+)
 
 params = st.builds(Param, st.none() | st.binary(max_size=20), st.integers(0, 5000), st.booleans())
 entries = st.builds(
@@ -47,3 +50,19 @@ def test_entry_validation() -> None:
         Entry("select 1", settings=(("work_mem", "1MB"),))
     with pytest.raises(TypeError):
         Param("text")  # type: ignore[arg-type]
+
+
+def test_an_entry_leaves_out_the_settings_a_session_has_at_their_canonical_values() -> None:
+    session = dict(CANONICAL_SETTINGS, TimeZone="Etc/UTC", DateStyle="SQL, DMY")
+    assert carried_settings(session) == (("TimeZone", "Etc/UTC"), ("DateStyle", "SQL, DMY"))
+    assert carried_settings(dict(CANONICAL_SETTINGS)) == ()
+    assert carried_settings({"search_path": None, "bytea_output": "escape"}) == (
+        ("bytea_output", "escape"),)
+
+
+@given(st.fixed_dictionaries({name: st.sampled_from([CANONICAL_SETTINGS[name], "x", ""])
+                              for name in RESULT_SETTINGS}))
+def test_what_an_entry_leaves_out_is_applied_as_the_session_had_it(session: dict) -> None:
+    entry = Entry("select 1", settings=carried_settings(session))
+    assert applied_settings(Entry.decode(entry.encode())) == session
+    assert len(entry.encode()) <= len(Entry("select 1", settings=tuple(session.items())).encode())
