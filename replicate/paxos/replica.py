@@ -365,7 +365,8 @@ class Replica:
         self.learner.hint(upto)
         if self.learner.lagging() and not was_lagging:
             # newly behind: fetch at once rather than at the next fetch tick, from the acceptor
-            # in the leader's own node, which the leader marks first (see _pump)
+            # in the leader's own node, usually among those it sends each batch to (see _pump;
+            # one that lacks the slots teaches nothing, and the next fetch goes round robin)
             self._fetch_now(src if ballot >= self._leader_ballot else None)
 
     def _follow(self, src: int, ballot: Ballot) -> None:
