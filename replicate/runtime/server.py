@@ -3,8 +3,9 @@
 The first 8 bytes of a connection tell them apart (see ``peerwire``). Peer
 connections carry frames to the engine: Heartbeat, Chosen and Forward into the Paxos
 driver; Submit, ReadIndexRequest and StatusRequest are answered on the same
-connection, concurrently (one task per request, replies tagged by token; a proxy's
-read-index request that the leader's read lease answers is answered at once, no task).
+connection, concurrently (replies tagged by token): at once when nothing needs waiting for
+(a status; a proxy's read-index request that the leader's read lease covers), else in a
+task per request.
 ReadIndexRequest means two things: from a proxy, "you are the leader: give me
 a confirmed commit index" (a follower keeps one connection open for these and
 shares each request among its concurrent reads; here they join the leader's
@@ -114,13 +115,12 @@ class ProxyServer:
                         sender = frame.sender
                     elif isinstance(frame, (Heartbeat, Chosen, Forward)):
                         self.engine.deliver_peer_frame(sender, frame)
-                    elif type(frame) is peerwire.ReadIndexRequest and sender != peerwire.CLIENT \
-                            and (index := self.engine.lease_read_index()) is not None:
-                        # a follower's read index, answered from our read lease at once: the
-                        # same answer _answer would give, without a task per request
-                        self._reply(writer, peerwire.ReadIndexReply(frame.token, True, index))
                     elif isinstance(frame, (peerwire.Submit, peerwire.ReadIndexRequest,
                                             peerwire.StatusRequest)):
+                        reply = self._answer_now(frame, sender)
+                        if reply is not None:
+                            self._reply(writer, reply)
+                            continue
                         task = asyncio.create_task(self._answer(frame, sender, writer))
                         pending.add(task)
                         task.add_done_callback(pending.discard)
@@ -129,6 +129,18 @@ class ProxyServer:
         finally:
             for task in pending:
                 task.cancel()
+
+    def _answer_now(self, frame: peerwire.Frame, sender: int) -> peerwire.Frame | None:
+        """The reply to ``frame`` if it needs no waiting, else None (``_answer`` in a task):
+        a status, or a follower's read index that our read lease covers (the answer
+        ``leader_read_index`` would give after its round)."""
+        if isinstance(frame, peerwire.StatusRequest):
+            return peerwire.StatusReply(frame.token, self.engine.status_json())
+        if isinstance(frame, peerwire.ReadIndexRequest) and sender != peerwire.CLIENT:
+            index = self.engine.lease_read_index()
+            if index is not None:
+                return peerwire.ReadIndexReply(frame.token, True, index)
+        return None
 
     async def _answer(self, frame: peerwire.Frame, sender: int,
                       writer: asyncio.StreamWriter) -> None:
@@ -148,7 +160,8 @@ class ProxyServer:
                 reply = peerwire.ReadIndexReply(frame.token, True, index)
             except Exception:  # noqa: BLE001 - not the leader, or lost it
                 reply = peerwire.ReadIndexReply(frame.token, False, 0)
-        elif isinstance(frame, peerwire.ReadIndexRequest):
+        else:
+            assert isinstance(frame, peerwire.ReadIndexRequest)
             try:  # a client wants a linearizable barrier: read index, applied locally
                 index = await engine.read_index()
                 await engine.recheck_node()  # the node may have restarted and lost applies
@@ -156,9 +169,6 @@ class ProxyServer:
                 reply = peerwire.ReadIndexReply(frame.token, True, index)
             except Exception:  # noqa: BLE001 - no leader or local node too far behind
                 reply = peerwire.ReadIndexReply(frame.token, False, 0)
-        else:
-            assert isinstance(frame, peerwire.StatusRequest)
-            reply = peerwire.StatusReply(frame.token, engine.status_json())
         if self._reply(writer, reply):
             try:
                 await writer.drain()
