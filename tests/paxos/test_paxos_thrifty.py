@@ -25,15 +25,22 @@ def leader(thrifty: bool = True, n: int = 3) -> Replica:
     return r
 
 
-def accepts(r: Replica) -> dict[int, list[Accept]]:
-    """The Accepts the replica sends now, by acceptor."""
+def sent(r: Replica) -> tuple[dict[int, list[Accept]], set[int]]:
+    """What the replica sends now: its Accepts by acceptor, and who gets a Commit."""
     rd = r.ready()
     r.advance(rd)
     out: dict[int, list[Accept]] = {}
+    commits = set()
     for env in rd.messages:
         if isinstance(env.msg, Accept):
             out.setdefault(env.dst.id, []).append(env.msg)
-    return out
+        elif isinstance(env.msg, Commit):
+            commits.add(env.dst.id)
+    return out, commits
+
+
+def accepts(r: Replica) -> dict[int, list[Accept]]:
+    return sent(r)[0]
 
 
 def propose(r: Replica, name: str) -> dict[int, list[Accept]]:
@@ -50,16 +57,7 @@ def heartbeat(r: Replica) -> tuple[dict[int, list[Accept]], set[int]]:
     """Tick up to the heartbeat: its Accepts by acceptor, and who got a Commit."""
     for _ in range(3):
         r.tick()
-    rd = r.ready()
-    r.advance(rd)
-    out: dict[int, list[Accept]] = {}
-    commits = set()
-    for env in rd.messages:
-        if isinstance(env.msg, Accept):
-            out.setdefault(env.dst.id, []).append(env.msg)
-        elif isinstance(env.msg, Commit):
-            commits.add(env.dst.id)
-    return out, commits
+    return sent(r)
 
 
 def test_a_thrifty_leader_sends_to_a_majority_and_the_skipped_acceptor_gets_the_values_later():
