@@ -169,10 +169,15 @@ class Leadership:
         return self.rank[:self.quorum]
 
     def take_lazy(self) -> list[tuple[int, int, tuple[Value, ...]]]:
-        """``(acceptor, first_slot, values)`` for the batches not sent to an acceptor yet,
-        consecutive ones in one Accept of at most ``LAZY_VALUES`` values; forgets them."""
+        """``(acceptor, first_slot, values)`` for the chosen batches not sent to an acceptor
+        yet, consecutive ones in one Accept of at most ``LAZY_VALUES`` values; forgets them
+        all. A batch not chosen yet is left out: the heartbeat's retransmit of ``unchosen``
+        batches sends it to every acceptor that has not accepted it."""
         out: list[tuple[int, int, tuple[Value, ...]]] = []
-        for j, batches in self.lazy.items():
+        for j, every in self.lazy.items():
+            batches = [b for b in every if b.chosen and j not in b.acks]
+            if not batches:
+                continue
             first, values = batches[0].first_slot, list(batches[0].values)
             for b in batches[1:]:
                 if b.first_slot == first + len(values) \

@@ -113,7 +113,8 @@ def test_a_silent_majority_member_is_passed_over_after_the_heartbeats_retransmit
     assert r.commit_index == 1
     resent, _ = heartbeat(r)
     assert sorted(resent) == [1, 2]
-    retransmit = next(m for m in resent[2] if m.first_slot == 2 and len(m.values) == 1)
+    (retransmit,) = resent[2]  # once: the retransmit, not also as a lazy Accept
+    assert (retransmit.first_slot, len(retransmit.values)) == (2, 1)
     ack(r, 2, retransmit)
     assert r.commit_index == 2
     assert sorted(propose(r, "v3")) == [0, 2]
@@ -147,11 +148,21 @@ def test_lazy_accepts_split_at_gaps_and_at_their_size_limit():
     lead = Leadership(B1, 3, 0, window=10**6, max_batch=1, thrifty=True, own=1)
     assert lead.rank == [1, 2, 0]
 
-    def batch(first: int, n: int) -> Batch:
-        return Batch(first, tuple(Value(f"r{first + i}", b"") for i in range(n)))
+    def batch(first: int, n: int, chosen: bool = True) -> Batch:
+        b = Batch(first, tuple(Value(f"r{first + i}", b"") for i in range(n)))
+        b.chosen = chosen
+        return b
 
     lead.lazy = {0: [batch(1, 2), batch(3, 1), batch(7, 1)],
                  2: [batch(1, LAZY_VALUES - 1), batch(LAZY_VALUES, 2)]}
     out = [(j, first, len(values)) for j, first, values in lead.take_lazy()]
     assert out == [(0, 1, 3), (0, 7, 1), (2, 1, LAZY_VALUES - 1), (2, LAZY_VALUES, 2)]
     assert lead.lazy == {} and lead.take_lazy() == []
+    # not chosen yet (the retransmit sends it), or accepted already: left out, and a gap
+    accepted = batch(4, 1)
+    accepted.acks.add(0)
+    lead.lazy = {0: [batch(1, 2), batch(3, 1, chosen=False), accepted, batch(5, 1)],
+                 2: [batch(9, 1, chosen=False)]}
+    out = [(j, first, len(values)) for j, first, values in lead.take_lazy()]
+    assert out == [(0, 1, 2), (0, 5, 1)]
+    assert lead.lazy == {}
