@@ -117,6 +117,10 @@ class Leadership:
         # acceptors, those that answered first lately first: ours, then the next ids
         self.rank = [(own + k) % n_acceptors for k in range(n_acceptors)]
         self.lazy: dict[int, list[Batch]] = {}  # acceptor -> batches not sent to it yet
+        # lazy_chosen (replica.py): follower -> chosen batches not sent to it yet, and the
+        # request ids followers forwarded (-> follower), whose clients wait there
+        self.held: dict[int, list[Batch]] = {}
+        self.forwarded: dict[str, int] = {}
         self._until_probe = 0                   # thrifty batches before the next probe
 
     # -- proposals

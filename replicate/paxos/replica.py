@@ -39,7 +39,11 @@ from replicate.paxos.messages import (
     Forward, Heartbeat, Leased, Message, Nack, Prepare, Promise, Value, acceptor_addr,
     replica_addr,
 )
-from replicate.paxos.proposer import Leadership, recover
+from replicate.paxos.proposer import LAZY_VALUES, Batch, Leadership, recover
+
+# lazy_chosen: request ids forwarded by followers that the leader remembers at most (a value
+# never chosen under this leadership stays until the set is full and cleared).
+MAX_FORWARDED = 4096
 
 
 class Rng(Protocol):
@@ -84,6 +88,9 @@ class Config:
     # leader: send each Accept to a majority only, the others the values at the heartbeat
     # (proposer.py, "thrifty")
     thrifty: bool = False
+    # leader: hold the Chosen for the followers until ``flush_chosen`` (the proxy's timer), the
+    # heartbeat, or a value that follower forwarded: several batches in one message
+    lazy_chosen: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -286,6 +293,12 @@ class Replica:
             pass
         elif isinstance(msg, Forward):
             if self.role is not Role.FOLLOWER:
+                lead = self.lead
+                if lead is not None and self.config.lazy_chosen:
+                    # its client waits on that follower: tell it at once once chosen
+                    if len(lead.forwarded) >= MAX_FORWARDED:
+                        lead.forwarded.clear()  # not chosen (retried elsewhere): forget them
+                    lead.forwarded[msg.value.request_id] = src
                 self.propose(msg.value)
         elif isinstance(msg, (Prepare, Accept, Commit, Fetch)):
             raise TypeError(f"replica {self.id} got an acceptor request: {msg!r}")
@@ -464,12 +477,63 @@ class Replica:
                 self._early[b.first_slot + i] = value
             slot = b.last_slot + 1
         self._learn_marked()
-        for b in newly:  # with the marks known so far (no separate heartbeat per mark)
-            chosen = Chosen(self.ballot, b.first_slot, b.values, self.learner.known_upto())
-            for i in range(self.config.n):
-                if i != self.id:
-                    self._send(replica_addr(i), chosen)
+        if newly:
+            self._tell_chosen(lead, newly)
         self._pump()
+
+    def _tell_chosen(self, lead: Leadership, newly: list[Batch]) -> None:
+        """Send the followers the newly chosen batches, with the marks known so far (no
+        separate heartbeat per mark); with ``lazy_chosen``, hold them (``flush_chosen``)."""
+        if not self.config.lazy_chosen:
+            for b in newly:
+                chosen = Chosen(self.ballot, b.first_slot, b.values, self.learner.known_upto())
+                for i in range(self.config.n):
+                    if i != self.id:
+                        self._send(replica_addr(i), chosen)
+            return
+        held, forwarded = lead.held, lead.forwarded
+        waiting: set[int] = set()
+        for i in range(self.config.n):
+            if i != self.id:
+                held.setdefault(i, []).extend(newly)
+        if forwarded:
+            for b in newly:
+                for v in b.values:
+                    src = forwarded.pop(v.request_id, None)
+                    if src is not None:
+                        waiting.add(src)
+        for i in waiting:
+            self.flush_chosen(i)
+
+    @property
+    def holds_chosen(self) -> bool:
+        """The leader holds chosen batches it has not sent to some follower yet."""
+        return self.lead is not None and any(self.lead.held.values())
+
+    def flush_chosen(self, to: int | None = None) -> None:
+        """Leader: send follower ``to`` (every follower if None) the chosen batches held for
+        it, consecutive ones in one Chosen of at most ``LAZY_VALUES`` values."""
+        lead = self.lead
+        if lead is None or not lead.held:
+            return
+        marked = self.learner.known_upto()
+        for i in (list(lead.held) if to is None else [to]):
+            batches = lead.held.pop(i, None)
+            if not batches:
+                continue
+            first, values = batches[0].first_slot, list(batches[0].values)
+            for b in batches[1:] + [None]:
+                if b is not None and b.first_slot == first + len(values) \
+                        and len(values) + len(b.values) <= LAZY_VALUES:
+                    values.extend(b.values)
+                    continue
+                # marks beyond this message's slots ride on the next one: a follower that
+                # heard of a mark whose value it lacks would fetch it
+                last = first + len(values) - 1
+                self._send(replica_addr(i), Chosen(self.ballot, first, tuple(values),
+                                                   min(marked, last)))
+                if b is not None:
+                    first, values = b.first_slot, list(b.values)
 
     def _learn_marked(self) -> None:
         assert self.lead is not None
@@ -482,6 +546,7 @@ class Replica:
     def _heartbeat(self) -> None:
         lead = self.lead
         assert lead is not None
+        self.flush_chosen()  # before the marks: a follower lacking a marked value fetches it
         hb = Heartbeat(self.ballot, self.learner.delivered_upto)
         for i in range(self.config.n):
             if i != self.id:

@@ -198,8 +198,14 @@ class Engine:
         # acceptor calls and apply transactions per write (docs/decisions.md, "Batch window").
         # Thrifty: each Accept to a majority of acceptors, the others get the values at the
         # heartbeat (docs/decisions.md, "Accepts to a majority").
-        self.paxos_config = settings.paxos or PaxosConfig(n=self.n, window=1, max_batch=64,
-                                                          thrifty=True)
+        # lazy_chosen: the leader sends the followers what became chosen at most every
+        # apply_linger_s, as they apply it at most that often (docs/decisions.md, "Chosen
+        # values for the followers, once per linger")
+        self.paxos_config = settings.paxos or PaxosConfig(
+            n=self.n, window=1, max_batch=64, thrifty=True,
+            lazy_chosen=settings.apply_linger_s > 0)
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._chosen_sent = [0] * self.n  # Chosen messages sent to each peer (status)
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
         self.replica: Replica | None = None
@@ -306,6 +312,8 @@ class Engine:
         return (int(row[0]) if row else 0), (int(applied[0]) if applied else 0)
 
     async def stop(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -341,6 +349,12 @@ class Engine:
         if 0 <= sender < self.n and sender != self.index:
             self._events.put_nowait(("step", Envelope(replica_addr(sender), replica_addr(self.index), frame)))
 
+    def release_chosen(self, follower: int) -> None:
+        """Send ``follower`` now what this leader holds for it (``lazy_chosen``): it asked
+        for a read index and will wait until it applied that slot."""
+        if 0 <= follower < self.n and follower != self.index:
+            self._events.put_nowait(("flush", follower))
+
     async def _tick(self) -> None:
         while True:
             await asyncio.sleep(self.settings.tick_s)
@@ -362,6 +376,10 @@ class Engine:
                         outcome = rep.propose(value)
                         if not fut.done():
                             fut.set_result(outcome)
+                    elif kind == "flush":
+                        if item is None:
+                            self._flush_timer = None
+                        rep.flush_chosen(item)
                 except (ValueError, TypeError) as exc:  # a malformed message from outside
                     log.warning("%s: dropped event %s: %s", self.name, kind, exc)
                 if not self._events:
@@ -369,6 +387,9 @@ class Engine:
                 kind, item = self._events.get_nowait()
             if rep.has_ready():
                 await self._perform_ready(rep)
+            if self._flush_timer is None and rep.holds_chosen:
+                self._flush_timer = asyncio.get_running_loop().call_later(
+                    self.settings.apply_linger_s, self._events.put_nowait, ("flush", None))
             self._observe_leadership(rep)
 
     async def _perform_ready(self, rep: Replica) -> None:
@@ -419,6 +440,8 @@ class Engine:
                 msg = Commit(msg.ballot, msg.commit_upto, self.settings.read_lease_ms, _now_ms())
             self.links[env.dst.id].send(msg)
         elif env.dst.id in self.peers and isinstance(env.msg, (Heartbeat, Chosen, Forward)):
+            if type(env.msg) is Chosen:
+                self._chosen_sent[env.dst.id] += 1
             self.peers[env.dst.id].send(env.msg)
 
     def _observe_leadership(self, rep: Replica) -> None:
@@ -969,7 +992,8 @@ class Engine:
             "acceptors": [{"node": self.config.nodes[l.index].name, "connected": l.connected,
                            "last_error": l.last_error, "dropped": l.dropped}
                           for l in self.links],
-            "peers": [{"node": self.config.nodes[i].name, "connected": p.connected}
+            "peers": [{"node": self.config.nodes[i].name, "connected": p.connected,
+                       "chosen_sent": self._chosen_sent[i]}
                       for i, p in self.peers.items()],
             "read_index": {"leader_rounds": self._leader_reads.rounds,
                            "lease_reads": self.lease_reads,

@@ -19,14 +19,17 @@ INSERT = "INSERT INTO events (k) VALUES ($1)"
 
 def start_replicated(cluster: LocalCluster, *, write_timeout_s: float = 10.0,
                      apply_timeout_ms: int = 1000, read_lease_ms: int = 500,
-                     apply_backlog: int = 100_000) -> ClusterConfig:
+                     apply_backlog: int = 100_000, apply_linger_ms: int | None = None
+                     ) -> ClusterConfig:
     """Create the test table on every node, tune timeouts, start the proxies, wait for a leader."""
     config = load_config(cluster.config_path)
     config = ClusterConfig(nodes=config.nodes, name=config.name,
                            read_consistency=config.read_consistency,
                            connect_timeout_s=config.connect_timeout_s,
                            write_timeout_s=write_timeout_s, apply_timeout_ms=apply_timeout_ms,
-                           read_lease_ms=read_lease_ms, apply_backlog=apply_backlog)
+                           read_lease_ms=read_lease_ms, apply_backlog=apply_backlog,
+                           apply_linger_ms=(config.apply_linger_ms if apply_linger_ms is None
+                                            else apply_linger_ms))
     write_config(config, cluster.config_path)
     cluster.config = load_config(cluster.config_path)
     for node in cluster.nodes:

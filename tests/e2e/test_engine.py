@@ -90,6 +90,38 @@ def test_every_nodes_log_holds_every_slot_although_each_accept_went_to_a_majorit
                                 "ORDER BY slot").fetchall() == first
 
 
+def test_the_leader_sends_followers_chosen_values_in_few_messages_and_at_once_to_a_reader(
+        make_cluster) -> None:
+    """lazy_chosen: the leader holds what became chosen for the followers (here up to the
+    heartbeat: the linger is a second) and sends it in few messages, except to a follower that
+    asks for a read index, which gets it at once."""
+    cluster = make_cluster(3)
+    start_replicated(cluster, apply_linger_ms=1000)
+
+    async def run() -> tuple[str, str, str, dict]:
+        leader = await wait_for_leader(cluster)
+        reader, quiet = [p.name for p in cluster.proxies if p.name != leader]
+        (writer,) = await clients(cluster, {leader})
+        (barrier,) = await clients(cluster, {reader})
+        before = {p["node"]: p["chosen_sent"] for p in (await statuses(cluster))[leader]["peers"]}
+        for i in range(40):
+            assert (await writer.submit(Entry(INSERT_EVENT, (Param(f"c{i}".encode()),)))).ok
+            if i % 2:  # every other write, the reader's client asks for a linearizable read
+                await barrier.barrier()
+        after = {p["node"]: p["chosen_sent"] for p in (await statuses(cluster))[leader]["peers"]}
+        await writer.close()
+        await barrier.close()
+        return leader, reader, quiet, {n: after[n] - before[n] for n in after}
+
+    leader, reader, quiet, sent = asyncio.run(run())
+    assert sent[reader] >= 20, sent      # released at each of its 20 read indexes
+    # 40 writes in a few heartbeats' messages (were the reader not released, each of its
+    # barriers would wait for a heartbeat, and the heartbeats would reach this one too)
+    assert sent[quiet] < 20, sent
+    _, keys = wait_converged(cluster)
+    assert keys == sorted(f"c{i}" for i in range(40))
+
+
 def test_sigkill_of_a_node_during_writes_then_catch_up(make_cluster) -> None:
     cluster = make_cluster(3)
     start_replicated(cluster)

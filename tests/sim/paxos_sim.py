@@ -92,7 +92,7 @@ class Sim:
                  config: Callable[[int], Config] | None = None,
                  fault_ticks: int = 500, settle_ticks: int = 800, requests: int = 150,
                  client_timeout: int = 40, record: bool = False, lease: int = 0,
-                 thrifty: bool = False) -> None:
+                 as_proxies: bool = False) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         r = self.rng
@@ -116,8 +116,8 @@ class Sim:
         self.config = config(self.n) if config else Config(
             n=self.n, window=r.choice((1, 2, 4, 8)), max_batch=r.choice((4, 16)),
             heartbeat_ticks=r.choice((2, 3, 5)), election_ticks=r.choice((8, 10, 20)))
-        if thrifty:  # the proxies' setting; the same seed's faults either way
-            self.config = replace(self.config, thrifty=True)
+        if as_proxies:  # the proxies' settings; the same seed's faults either way
+            self.config = replace(self.config, thrifty=True, lazy_chosen=True)
         self.fault_ticks = fault_ticks
         self.settle_ticks = settle_ticks
         self.n_requests = requests

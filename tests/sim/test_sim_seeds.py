@@ -18,15 +18,16 @@ SEEDS = int(os.environ.get("REPLICATE_SIM_SEEDS", "300"))
 START = int(os.environ.get("REPLICATE_SIM_SEED_START", "0"))
 
 
-@pytest.mark.parametrize("thrifty", [False, True], ids=["all", "thrifty"])
+@pytest.mark.parametrize("as_proxies", [False, True], ids=["plain", "as_proxies"])
 @pytest.mark.parametrize("seed", range(START, START + SEEDS), ids=lambda s: f"seed={s}")
-def test_random_run_keeps_invariants_and_settles(seed: int, thrifty: bool) -> None:
-    """``thrifty``: leaders send each Accept to a majority, as the proxies do."""
+def test_random_run_keeps_invariants_and_settles(seed: int, as_proxies: bool) -> None:
+    """``as_proxies``: leaders send each Accept to a majority and hold the followers' Chosen
+    (``thrifty``, ``lazy_chosen``), as the proxies do."""
     print(f"seed {seed}")
     try:
-        sim = Sim(seed, thrifty=thrifty).run()
+        sim = Sim(seed, as_proxies=as_proxies).run()
     except Violation:
-        replay = Sim(seed, record=True, thrifty=thrifty)  # same run: show how it got there
+        replay = Sim(seed, record=True, as_proxies=as_proxies)  # same run: show how it got there
         try:
             replay.run()
         except Violation:
