@@ -247,6 +247,7 @@ class Engine:
         self._applied_changed = asyncio.Condition()
         self.stalled: str | None = None
         self.control_version = 0   # bumped whenever a control entry (e.g. register) applied
+        self.control_slot = 0      # the slot of the last one this proxy applied (CatalogCache)
         self._read_waiters: list[tuple[asyncio.Future, float]] = []
         self._leader_reads: SharedRounds[asyncio.Future] = SharedRounds()
         self._follower_reads: SharedRounds[asyncio.Future] = SharedRounds()
@@ -551,6 +552,7 @@ class Engine:
                     fut.set_result(outcome)
                 if outcome.status is Status.CONTROL:
                     self.control_version += 1
+                    self.control_slot = max(self.control_slot, outcome.slot)
             async with self._applied_changed:
                 self.applied_upto = batch[-1].slot
                 self._applied_changed.notify_all()

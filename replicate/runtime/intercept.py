@@ -138,15 +138,35 @@ class CatalogCache:
         async with self._lock:
             version = self.engine.control_version
             if self.catalog is None or self._version != version:
-                self.catalog = await asyncio.to_thread(self._load)
+                self.catalog = await self._load_complete()
                 self._version = version
             return self.catalog
 
-    def _load(self) -> Catalog:
+    async def _load_complete(self) -> Catalog:
+        """The catalog of a node state that holds every control entry this proxy applied.
+
+        Applies commit asynchronously: a node that crashed may come back without its last
+        applied slots while this proxy still counts them, and a registration among them would
+        make a registered table look unregistered, its reads sent to the node unwaited. Then
+        the engine reads the node's position again (queueing the lost slots) and the catalog
+        is read once the node applied them again."""
+        engine = self.engine
+        while True:
+            needed = engine.control_slot
+            catalog, node_applied = await asyncio.to_thread(self._load)
+            if node_applied >= needed:
+                return catalog
+            await engine.recheck_node()
+            await engine.wait_applied(needed)
+
+    def _load(self) -> tuple[Catalog, int]:
+        """The catalog and the node's applied slot, read before it (the catalog holds at
+        least the control entries up to that slot)."""
         with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5,
                              application_name="replicate catalog") as conn:
+            (applied,) = conn.execute("SELECT slot FROM replicate.applied").fetchone()
             names = registered_names(conn)  # includes tables whose guard is installed
-            return load_catalog(conn, names)
+            return load_catalog(conn, names), int(applied)
 
 
 @dataclass(slots=True)
