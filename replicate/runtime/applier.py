@@ -2,7 +2,8 @@
 
 One transaction per batch of consecutive chosen slots (DESIGN.md "Applying"). In it:
 ``replicate.applying = on`` (the guard trigger lets the write through) and
-``synchronous_commit = off`` (safe: the durable log replays); each entry's role and
+``synchronous_commit = off`` (safe: the durable log replays; a register or unregister entry
+commits synchronously, see ``_control``); each entry's role and
 result-changing settings (fixed defaults where the entry has none, so node configuration never
 leaks into results); the statement with its bind parameters exactly as the client sent them;
 and, per slot, the outcome row, the request id and the new applied slot, so a slot is applied
@@ -502,6 +503,10 @@ class Applier:
                                   [table])
             # the sequences whose state apply_begin restores (sql/007_apply_bookkeeping.sql)
             await cur.execute("SELECT replicate.track_sequences()")
+            # A registration is not lost in a crash, unlike other applies: until it was applied
+            # again, the node's guard would let direct writes through, and the proxy's catalog
+            # would miss the table. Rare entries: one WAL flush each.
+            await cur.execute("SELECT set_config('synchronous_commit', 'on', true)")
         except psycopg.Error as exc:
             if not is_deterministic(exc.sqlstate):
                 raise

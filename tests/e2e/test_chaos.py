@@ -370,3 +370,44 @@ def test_a_node_that_lost_applied_slots_in_a_crash_catches_up_and_reads_wait(
     assert asyncio.run(barrier()) >= last
     with psycopg.connect(victim.dsn) as conn:
         assert conn.execute("SELECT count(*) FROM kv").fetchone()[0] == 9
+
+
+def test_a_registration_survives_a_crash_of_the_node_right_after_its_apply(
+        make_cluster) -> None:
+    """Other applies commit asynchronously and a crash may lose them; a register entry's
+    commits synchronously: a node that lost it would let direct writes to the table through,
+    and its proxy's catalog would miss the table, until it was applied again."""
+    cluster = make_cluster(3)
+    victim = cluster.nodes[2]
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)")
+    start_replicated(cluster, read_lease_ms=0)
+    with psycopg.connect(victim.dsn, autocommit=True) as conn:
+        # Nothing but the applier may write the node's WAL out: not the WAL writer, and not the
+        # acceptors' synchronous commits (the others make a majority for the entry).
+        stopped = [pid for (pid,) in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter' "
+            "OR application_name = 'replicate acceptor'")]
+    assert len(stopped) >= 2
+    for pid in stopped:
+        os.kill(pid, signal.SIGSTOP)
+
+    async def register() -> int:
+        async with ProxyClient(*cluster.proxy_address("n1")) as client:
+            outcome = await client.submit(register_table("kv"))
+            assert outcome.ok
+            return outcome.slot
+    slot = asyncio.run(register())
+    deadline = time.monotonic() + 10
+    while _applied(victim) < slot:
+        assert time.monotonic() < deadline, "the victim did not apply the registration"
+        time.sleep(0.01)
+    victim.kill(signal.SIGKILL, whole_tree=True)
+    cluster.start()
+    with psycopg.connect(victim.dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT slot FROM replicate.applied").fetchone()[0] >= slot
+        assert conn.execute("SELECT table_name FROM replicate.registered_tables").fetchall() \
+            == [('"public"."kv"',)]
+        with pytest.raises(errors.ObjectNotInPrerequisiteState):  # the guard: 55000
+            conn.execute("INSERT INTO kv VALUES (1, 'direct')")
