@@ -300,6 +300,25 @@ def test_no_acknowledged_write_is_lost_while_processes_are_killed_and_paused(
     print(f"times a proxy dropped chosen slots beyond its backlog of {BACKLOG}: {shed}")
 
 
+def _kv_cluster(make_cluster):
+    """Three nodes with a table ``kv`` (not registered yet); the last node is the victim."""
+    cluster = make_cluster(3)
+    for node in cluster.nodes:
+        with psycopg.connect(node.dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)")
+    return cluster, cluster.nodes[2]
+
+
+def _crash_once_applied(cluster, victim, slot: int) -> None:
+    """SIGKILL the victim's whole process tree as soon as it applied ``slot``; restart it."""
+    deadline = time.monotonic() + 10
+    while _applied(victim) < slot:
+        assert time.monotonic() < deadline, f"the victim did not apply slot {slot}"
+        time.sleep(0.01)
+    victim.kill(signal.SIGKILL, whole_tree=True)
+    cluster.start()
+
+
 def _applied(node) -> int:
     with psycopg.connect(node.dsn, connect_timeout=5) as conn:
         return conn.execute("SELECT slot FROM replicate.applied").fetchone()[0]
@@ -311,11 +330,7 @@ def test_a_node_that_lost_applied_slots_in_a_crash_catches_up_and_reads_wait(
     without its last applied slots, while its proxy, which did not stop, still counts them as
     applied. Nothing else is written afterwards. The node must catch up by itself, and a read
     through its proxy must not answer from the node before it did."""
-    cluster = make_cluster(3)
-    victim = cluster.nodes[2]
-    for node in cluster.nodes:
-        with psycopg.connect(node.dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)")
+    cluster, victim = _kv_cluster(make_cluster)
     # No read leases: a Commit that grants one flushes the WAL (sql/008), every 150 ms, and so
     # would write the last apply out before the kill now and then.
     start_replicated(cluster, read_lease_ms=0)
@@ -336,12 +351,7 @@ def test_a_node_that_lost_applied_slots_in_a_crash_catches_up_and_reads_wait(
             for k in keys:
                 conn.execute("INSERT INTO kv (k, v) VALUES (%s, 'x')", (k,))
         last = _applied(cluster.nodes[0])
-        deadline = time.monotonic() + 10
-        while _applied(victim) < last:
-            assert time.monotonic() < deadline, "the victim did not apply the writes"
-            time.sleep(0.01)
-        victim.kill(signal.SIGKILL, whole_tree=True)
-        cluster.start()
+        _crash_once_applied(cluster, victim, last)
         lost_to = _applied(victim)
         if lost_to == last:
             pytest.skip("the crash lost no applied slot (something wrote the WAL out)")
@@ -377,11 +387,7 @@ def test_a_registration_survives_a_crash_of_the_node_right_after_its_apply(
     """Other applies commit asynchronously and a crash may lose them; a register entry's
     commits synchronously: a node that lost it would let direct writes to the table through,
     and its proxy's catalog would miss the table, until it was applied again."""
-    cluster = make_cluster(3)
-    victim = cluster.nodes[2]
-    for node in cluster.nodes:
-        with psycopg.connect(node.dsn, autocommit=True) as conn:
-            conn.execute("CREATE TABLE kv (k int PRIMARY KEY, v text NOT NULL)")
+    cluster, victim = _kv_cluster(make_cluster)
     start_replicated(cluster, read_lease_ms=0)
     with psycopg.connect(victim.dsn, autocommit=True) as conn:
         # Nothing but the applier may write the node's WAL out: not the WAL writer, and not the
@@ -399,12 +405,7 @@ def test_a_registration_survives_a_crash_of_the_node_right_after_its_apply(
             assert outcome.ok
             return outcome.slot
     slot = asyncio.run(register())
-    deadline = time.monotonic() + 10
-    while _applied(victim) < slot:
-        assert time.monotonic() < deadline, "the victim did not apply the registration"
-        time.sleep(0.01)
-    victim.kill(signal.SIGKILL, whole_tree=True)
-    cluster.start()
+    _crash_once_applied(cluster, victim, slot)
     with psycopg.connect(victim.dsn, autocommit=True) as conn:
         assert conn.execute("SELECT slot FROM replicate.applied").fetchone()[0] >= slot
         assert conn.execute("SELECT table_name FROM replicate.registered_tables").fetchall() \
