@@ -34,7 +34,7 @@ promises, and the no-op in holes.
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from replicate.paxos.ballot import Ballot
 from replicate.paxos.messages import NOOP, Promise, Value
@@ -46,6 +46,24 @@ REMEMBERED_IDS = 100_000
 # first now; and puts at most LAZY_VALUES values in one Accept to the acceptors it skipped.
 PROBE_EVERY = 16
 LAZY_VALUES = 256
+
+
+def runs(batches: Sequence[Batch]) -> list[tuple[int, tuple[Value, ...]]]:
+    """``(first_slot, values)`` for ``batches`` (in slot order), consecutive ones joined into
+    one run of at most ``LAZY_VALUES`` values: what one Accept or Chosen carries."""
+    out: list[tuple[int, tuple[Value, ...]]] = []
+    first, values = 0, []
+    for b in batches:
+        if values and b.first_slot == first + len(values) \
+                and len(values) + len(b.values) <= LAZY_VALUES:
+            values.extend(b.values)
+            continue
+        if values:
+            out.append((first, tuple(values)))
+        first, values = b.first_slot, list(b.values)
+    if values:
+        out.append((first, tuple(values)))
+    return out
 
 
 class Batch:
@@ -174,25 +192,20 @@ class Leadership:
 
     def take_lazy(self) -> list[tuple[int, int, tuple[Value, ...]]]:
         """``(acceptor, first_slot, values)`` for the chosen batches not sent to an acceptor
-        yet, consecutive ones in one Accept of at most ``LAZY_VALUES`` values; forgets them
-        all. A batch not chosen yet is left out: the heartbeat's retransmit of ``unchosen``
-        batches sends it to every acceptor that has not accepted it."""
-        out: list[tuple[int, int, tuple[Value, ...]]] = []
-        for j, every in self.lazy.items():
-            batches = [b for b in every if b.chosen and j not in b.acks]
-            if not batches:
-                continue
-            first, values = batches[0].first_slot, list(batches[0].values)
-            for b in batches[1:]:
-                if b.first_slot == first + len(values) \
-                        and len(values) + len(b.values) <= LAZY_VALUES:
-                    values.extend(b.values)
-                    continue
-                out.append((j, first, tuple(values)))
-                first, values = b.first_slot, list(b.values)
-            out.append((j, first, tuple(values)))
+        yet, in ``runs``; forgets them all. A batch not chosen yet is left out: the
+        heartbeat's retransmit of ``unchosen`` batches sends it to every acceptor that has not
+        accepted it."""
+        out = [(j, first, values) for j, every in self.lazy.items()
+               for first, values in runs([b for b in every if b.chosen and j not in b.acks])]
         self.lazy = {}
         return out
+
+    def take_held(self, follower: int | None = None) -> list[tuple[int, int, tuple[Value, ...]]]:
+        """``(follower, first_slot, values)`` for the chosen batches held for ``follower``
+        (every follower if None), in ``runs``; forgets them (``lazy_chosen``, replica.py)."""
+        followers = list(self.held) if follower is None else [follower]
+        return [(i, first, values) for i in followers
+                for first, values in runs(self.held.pop(i, ()))]
 
     def unchosen(self) -> list[Batch]:
         return [b for b in self.batches.values() if not b.chosen]

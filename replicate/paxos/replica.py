@@ -39,7 +39,7 @@ from replicate.paxos.messages import (
     Forward, Heartbeat, Leased, Message, Nack, Prepare, Promise, Value, acceptor_addr,
     replica_addr,
 )
-from replicate.paxos.proposer import LAZY_VALUES, Batch, Leadership, recover
+from replicate.paxos.proposer import Batch, Leadership, recover
 
 # lazy_chosen: request ids forwarded by followers that the leader remembers at most (a value
 # never chosen under this leadership stays until the set is full and cleared).
@@ -508,32 +508,20 @@ class Replica:
     @property
     def holds_chosen(self) -> bool:
         """The leader holds chosen batches it has not sent to some follower yet."""
-        return self.lead is not None and any(self.lead.held.values())
+        return self.lead is not None and bool(self.lead.held)
 
     def flush_chosen(self, to: int | None = None) -> None:
         """Leader: send follower ``to`` (every follower if None) the chosen batches held for
-        it, consecutive ones in one Chosen of at most ``LAZY_VALUES`` values."""
+        it, consecutive ones in one Chosen (``Leadership.take_held``)."""
         lead = self.lead
         if lead is None or not lead.held:
             return
         marked = self.learner.known_upto()
-        for i in (list(lead.held) if to is None else [to]):
-            batches = lead.held.pop(i, None)
-            if not batches:
-                continue
-            first, values = batches[0].first_slot, list(batches[0].values)
-            for b in batches[1:] + [None]:
-                if b is not None and b.first_slot == first + len(values) \
-                        and len(values) + len(b.values) <= LAZY_VALUES:
-                    values.extend(b.values)
-                    continue
-                # marks beyond this message's slots ride on the next one: a follower that
-                # heard of a mark whose value it lacks would fetch it
-                last = first + len(values) - 1
-                self._send(replica_addr(i), Chosen(self.ballot, first, tuple(values),
-                                                   min(marked, last)))
-                if b is not None:
-                    first, values = b.first_slot, list(b.values)
+        for i, first, values in lead.take_held(to):
+            # marks beyond this message's slots ride on the next one: a follower that heard
+            # of a mark whose value it lacks would fetch it
+            self._send(replica_addr(i), Chosen(self.ballot, first, values,
+                                               min(marked, first + len(values) - 1)))
 
     def _learn_marked(self) -> None:
         assert self.lead is not None
