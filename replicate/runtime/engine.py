@@ -350,7 +350,7 @@ class Engine:
         if 0 <= sender < self.n and sender != self.index:
             self._events.put_nowait(("step", Envelope(replica_addr(sender), replica_addr(self.index), frame)))
 
-    def release_chosen(self, follower: int) -> None:
+    def _release_chosen(self, follower: int) -> None:
         """Send ``follower`` now what this leader holds for it (``lazy_chosen``): it asked
         for a read index and will wait until it applied that slot."""
         if 0 <= follower < self.n and follower != self.index:
@@ -817,6 +817,21 @@ class Engine:
         if self._leader_reads.arrive(fut):
             self._spawn_read_task(self._leader_rounds())
         return await fut
+
+    def follower_read_index_now(self, follower: int) -> int | None:
+        """At the leader: proxy ``follower``'s read index from the read lease, without a
+        round; None when a round is needed (``follower_read_index``). Either way the follower
+        gets the chosen values this leader holds for it at once (``lazy_chosen``): it waits
+        until it applied up to the index."""
+        self._release_chosen(follower)
+        return self.lease_read_index()
+
+    async def follower_read_index(self, follower: int) -> int:
+        """At the leader: proxy ``follower``'s read index after a confirmation round
+        (``leader_read_index``), and what was chosen during the round sent to it at once."""
+        index = await self.leader_read_index()
+        self._release_chosen(follower)
+        return index
 
     def lease_read_index(self) -> int | None:
         """At a leader holding a read lease: a read index for a read arriving now, without a

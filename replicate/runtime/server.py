@@ -137,8 +137,7 @@ class ProxyServer:
         if isinstance(frame, peerwire.StatusRequest):
             return peerwire.StatusReply(frame.token, self.engine.status_json())
         if isinstance(frame, peerwire.ReadIndexRequest) and sender != peerwire.CLIENT:
-            self.engine.release_chosen(sender)  # it waits to apply up to the index
-            index = self.engine.lease_read_index()
+            index = self.engine.follower_read_index_now(sender)
             if index is not None:
                 return peerwire.ReadIndexReply(frame.token, True, index)
         return None
@@ -157,8 +156,7 @@ class ProxyServer:
             reply = peerwire.SubmitReply(frame.token, body)
         elif isinstance(frame, peerwire.ReadIndexRequest) and sender != peerwire.CLIENT:
             try:  # a follower proxy asks us, the leader, for a confirmed commit index
-                index = await within(engine.leader_read_index(), 5)
-                engine.release_chosen(sender)  # chosen since _answer_now released
+                index = await within(engine.follower_read_index(sender), 5)
                 reply = peerwire.ReadIndexReply(frame.token, True, index)
             except Exception:  # noqa: BLE001 - not the leader, or lost it
                 reply = peerwire.ReadIndexReply(frame.token, False, 0)
