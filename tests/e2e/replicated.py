@@ -38,7 +38,6 @@ def start_replicated(cluster: LocalCluster, *, write_timeout_s: float = 10.0,
             conn.execute("CREATE TABLE uniq (id int PRIMARY KEY, v text)")
     cluster.start_proxies()
     asyncio.run(wait_for_engines(cluster))
-    asyncio.run(wait_for_leader(cluster))
     return cluster.config
 
 
@@ -65,8 +64,9 @@ async def wait_for_leader(cluster: LocalCluster, timeout: float = 30, *,
     raise AssertionError(f"no leader within {timeout} s: {await statuses(cluster)}")
 
 
-async def wait_for_engines(cluster: LocalCluster, timeout: float = 30) -> None:
-    """Wait until every proxy's engine has started, so every node holds the replicate schema.
+async def wait_for_engines(cluster: LocalCluster, timeout: float = 30) -> str:
+    """Wait until every proxy's engine has started, so every node holds the replicate schema,
+    and one of them leads; the leader's name.
 
     A proxy listens before its engine installs the schema in its node; a leader can be elected
     by the other nodes meanwhile, so a leader alone does not mean every node can be queried.
@@ -74,10 +74,12 @@ async def wait_for_engines(cluster: LocalCluster, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         states = await statuses(cluster)
-        if all(s is not None and s["role"] != "starting" for s in states.values()):
-            return
+        leaders = [name for name, s in states.items() if s and s["role"] == "leader"]
+        if leaders and all(s is not None and s["role"] != "starting" for s in states.values()):
+            return leaders[0]
         await asyncio.sleep(0.1)
-    raise AssertionError(f"not every engine started within {timeout} s: {await statuses(cluster)}")
+    raise AssertionError(f"not every engine started and a leader elected within {timeout} s: "
+                         f"{await statuses(cluster)}")
 
 
 @dataclass
