@@ -820,7 +820,7 @@ _LOG = """
 SELECT o.slot, o.request_id, o.status, o.command_tag, o.rows_affected, o.sqlstate, o.message,
        o.detail, o.hint,
        CASE WHEN l.chosen OR l.request_id = o.request_id THEN l.payload END
-FROM replicate.outcomes o LEFT JOIN replicate.log l USING (slot)
+FROM replicate.outcomes o LEFT JOIN replicate.log_marked l USING (slot)
 WHERE o.slot <= %s AND (%s::bigint IS NULL OR o.slot = %s)
 ORDER BY o.slot DESC LIMIT %s
 """

@@ -75,7 +75,7 @@ def test_every_nodes_log_holds_every_slot_although_each_accept_went_to_a_majorit
             with psycopg.connect(node.dsn, autocommit=True) as conn:
                 logs.append(conn.execute(
                     "SELECT count(*), count(*) FILTER (WHERE chosen), "
-                    "count(DISTINCT slot) FILTER (WHERE slot <= %s) FROM replicate.log",
+                    "count(DISTINCT slot) FILTER (WHERE slot <= %s) FROM replicate.log_marked",
                     [slot]).fetchone())
         if all(rows == marked and within == slot for rows, marked, within in logs):
             break

@@ -14,7 +14,7 @@ from replicate.runtime.schema import SCHEMA_VERSION, SchemaError
 
 TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "requests",
           "registered_tables", "members", "sequence_state", "check_results",
-          "check_rows"}
+          "check_rows", "marks"}
 FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard", "apply_begin",
              "apply_finish", "track_sequences", "mark_chosen"}
 
@@ -62,8 +62,10 @@ def test_install_on_a_fresh_database(fresh_db: list[str]) -> None:
         assert conn.execute("SELECT * FROM replicate.acceptor").fetchall() == [
             (True, 0, 0, None, None, None, None, 0)]
         assert conn.execute("SELECT * FROM replicate.applied").fetchall() == [(True, 0)]
-        assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'log_unchosen'"
-                            ).fetchone()[0].endswith("WHERE (NOT chosen)")
+        # chosen marks are watermarks (sql/011): no index of unmarked slots, a view of the marks
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'log_unchosen'"
+                            ).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM replicate.log_marked").fetchone() == (0,)
         # The one-row tables refuse a second row.
         with pytest.raises(psycopg.errors.CheckViolation):
             conn.execute("INSERT INTO replicate.acceptor (id) VALUES (false)")
@@ -143,6 +145,33 @@ def test_upgrade_to_version_8_knows_the_slots_already_accepted(fresh_db: list[st
         conn.execute("SELECT * FROM replicate.accept(2, 0, 6, ARRAY['n6', 'n7'], "
                      "ARRAY['y'::bytea, 'z'::bytea], 0)")
         assert conn.execute("SELECT accepted_upto FROM replicate.acceptor").fetchone() == (7,)
+
+
+def test_upgrade_to_version_9_keeps_every_chosen_mark(fresh_db: list[str]) -> None:
+    # A version 8 node: marks are flags on the log rows, and the acceptor row remembers the
+    # highest ballot's mark (every slot it covers has its flag). Version 9 keeps both as they
+    # are (sql/011): the same slots read as chosen, and the next marks are watermarks.
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("DROP VIEW replicate.log_marked")
+        conn.execute("DROP TABLE replicate.marks")
+        conn.execute("CREATE INDEX log_unchosen ON replicate.log (slot) WHERE NOT chosen")
+        for slot, round_, chosen in ((1, 1, True), (2, 2, True), (3, 2, False)):
+            conn.execute("INSERT INTO replicate.log VALUES (%s, %s, 0, %s, 'x', %s)",
+                         (slot, round_, f"r{slot}", chosen))
+        conn.execute("UPDATE replicate.acceptor SET promised_round = 2, marked_round = 2, "
+                     "marked_proposer = 0, marked_upto = 2, accepted_upto = 3")
+        conn.execute("UPDATE replicate.meta SET value = '8' WHERE key = 'schema_version'")
+        assert schema.install(conn) == SCHEMA_VERSION
+        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE indexname = 'log_unchosen'"
+                            ).fetchone() == (0,)
+        marked = "SELECT slot, chosen FROM replicate.log_marked ORDER BY slot"
+        assert conn.execute(marked).fetchall() == [(1, True), (2, True), (3, False)]
+        # the leader's next mark moves the watermark and writes no log row
+        assert conn.execute("SELECT ok FROM replicate.commit(2, 0, 3, 0)").fetchone() == (True,)
+        assert conn.execute(marked).fetchall() == [(1, True), (2, True), (3, True)]
+        assert conn.execute("SELECT slot FROM replicate.log WHERE NOT chosen").fetchall() \
+            == [(3,)]
 
 
 def test_concurrent_installs_all_succeed(fresh_db: list[str]) -> None:

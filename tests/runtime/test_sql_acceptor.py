@@ -34,7 +34,7 @@ from replicate.runtime.sql_acceptor import acall, call, decode, encode
 
 EXAMPLES = int(os.environ.get("REPLICATE_DIFF_EXAMPLES", "200"))
 
-RESET = ("TRUNCATE replicate.log; "
+RESET = ("TRUNCATE replicate.log, replicate.marks; "
          "UPDATE replicate.acceptor SET promised_round = 0, promised_proposer = 0, "
          "lease_until = NULL, marked_round = NULL, marked_proposer = NULL, marked_upto = NULL, "
          "accepted_upto = 0")
@@ -52,7 +52,7 @@ def sql_state(conn: psycopg.Connection) -> tuple[Ballot, dict[int, AcceptedEntry
     promised = Ballot(*conn.execute(
         "SELECT promised_round, promised_proposer FROM replicate.acceptor").fetchone())
     rows = conn.execute("SELECT slot, ballot_round, ballot_proposer, request_id, payload, chosen "
-                        "FROM replicate.log ORDER BY slot").fetchall()
+                        "FROM replicate.log_marked ORDER BY slot").fetchall()
     return promised, {s: AcceptedEntry(s, Ballot(r, p), Value(rid, bytes(pl)), ch)
                       for s, r, p, rid, pl, ch in rows}
 
@@ -327,33 +327,50 @@ def test_concurrent_calls_serialise(fresh_db: list[str]) -> None:
         assert sql_state(c)[0] == Ballot(30, 3)
 
 
-def test_a_mark_reads_only_the_slots_it_can_change(conn: psycopg.Connection) -> None:
-    # Every mark is a non-HOT update: the old version's entry stays in log_unchosen until
-    # VACUUM. A log of 100,000 marked slots that VACUUM has not visited, then the usual step
-    # of a leader: accept a batch, mark it. The mark must not walk the marked slots (it did,
-    # in index and heap, before schema version 7).
+def test_a_mark_writes_no_log_row_and_reads_only_what_it_changes(
+        conn: psycopg.Connection) -> None:
+    # Chosen marks are watermarks (sql/011_chosen_watermarks.sql): a mark moves a watermark of
+    # its ballot and writes no log row. Before schema version 9 each marked slot got a second,
+    # non-HOT version; before version 7 each mark also walked every slot marked since the last
+    # VACUUM. A log of 100,000 slots that VACUUM has not visited, then a leader's steady state:
+    # accept a batch, mark the one before.
     b = Ballot(1, 0)
+
+    def flagged() -> int:
+        return conn.execute("SELECT count(*) FROM replicate.log WHERE chosen").fetchone()[0]
+
+    def unmarked() -> list[int]:
+        return [r[0] for r in conn.execute(
+            "SELECT slot FROM replicate.log_marked WHERE NOT chosen ORDER BY slot")]
+
     conn.execute("ALTER TABLE replicate.log SET (autovacuum_enabled = false)")
     conn.execute("INSERT INTO replicate.log SELECT s, 1, 0, 'r' || s, '\\x00', false "
                  "FROM generate_series(1, 100000) s")
-    conn.execute("UPDATE replicate.acceptor SET promised_round = 1, promised_proposer = 0")
+    conn.execute("UPDATE replicate.acceptor SET promised_round = 1, promised_proposer = 0, "
+                 "accepted_upto = 100000")
     assert call(conn, Commit(b, 100000)) == Committed(b, 100000)  # the first mark of b: all
+    assert unmarked() == [] and flagged() == 0
     batch = tuple(Value(f"n{i}", b"v") for i in range(13))
     for first in range(100001, 100001 + 13 * 20, 13):  # a leader's steady state
         assert call(conn, Accept(b, first, batch, first - 1)) == Accepted(
             b, first, first + 12, first - 1)
+    last = 100000 + 13 * 20
+    assert unmarked() == list(range(last - 12, last + 1)) and flagged() == 0
 
     def buffers(sql: str) -> int:
         plan = "\n".join(r[0] for r in conn.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}"))
         return sum(int(n) for n in __import__("re").findall(r"shared (?:hit|read)=(\d+)",
                                                           plan.split("\n")[1]))
 
-    last = 100000 + 13 * 20
     used = buffers(f"SELECT * FROM replicate.commit(1, 0, {last})")
-    assert used < 150, used  # 1,069 before schema version 7
-    assert conn.execute("SELECT count(*) FROM replicate.log WHERE NOT chosen").fetchone() == (0,)
-    # and an accept that overwrites marked slots of the same ballot marks them again
-    conn.execute("UPDATE replicate.log SET chosen = false WHERE slot = 100005")
-    assert call(conn, Accept(b, 100005, (Value("n4", b"v"),), last)).ballot == b
-    assert conn.execute(
-        "SELECT chosen FROM replicate.log WHERE slot = 100005").fetchone() == (True,)
+    assert used < 50, used  # 1,069 before schema version 7, ~100 before version 9
+    assert unmarked() == [] and flagged() == 0
+    # A retransmission that stores marked slots of the same ballot again keeps them marked:
+    # the watermark drops below the batch, and the slots above it that it covered get flags.
+    assert call(conn, Accept(b, 100005, (Value("n4", b"v"),), 0)).ballot == b
+    assert unmarked() == [] and flagged() == last - 100005 + 1
+    assert conn.execute("SELECT marked_upto FROM replicate.acceptor").fetchone() == (100004,)
+    # ... and a value accepted under another ballot, different from the marked one, is not
+    assert call(conn, Accept(Ballot(2, 1), 100006, (Value("x", b"v"),), 0)).ballot \
+        == Ballot(2, 1)
+    assert unmarked() == [100006]
