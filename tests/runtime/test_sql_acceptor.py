@@ -68,13 +68,16 @@ slots = st.integers(1, 8)
 uptos = st.integers(0, 8)
 batches = st.lists(st.sampled_from(POOL), min_size=1, max_size=3).map(tuple)
 limits = st.integers(1, 5)
-kinds = st.integers(0, 3)  # Accept, Commit, Prepare, Fetch (shrinks towards Accept)
+kinds = st.integers(0, 4)  # Accept, Commit, Prepare, Fetch, re-Accept (shrinks towards Accept)
 
 
 @st.composite
 def sequences(draw: st.DrawFn) -> list:
     """4..40 requests; each reuses the previous ballot half of the time, as a leader does, so
-    that accepts are followed by commits under the same ballot and marks get set."""
+    that accepts are followed by commits under the same ballot and marks get set. A re-Accept
+    sends an earlier Accept's values to its slots again, under the ballot of the moment, as a
+    new leader re-proposes what its phase 1 found (or a leader retransmits), at times with one
+    payload changed under the same request id: so that marks are often kept and dropped."""
     ops: list = []
     ballot = draw(ballots)
     for _ in range(draw(st.integers(4, 40))):
@@ -88,8 +91,15 @@ def sequences(draw: st.DrawFn) -> list:
             ops.append(Commit(ballot, draw(uptos), lease, draw(st.integers(0, 3)) if lease else 0))
         elif kind == 2:
             ops.append(Prepare(ballot, draw(slots)))
-        else:
+        elif kind == 3 or not any(isinstance(op, Accept) for op in ops):
             ops.append(Fetch(draw(slots), draw(limits)))
+        else:
+            earlier = draw(st.sampled_from([op for op in ops if isinstance(op, Accept)]))
+            values = list(earlier.values)
+            i = draw(st.integers(0, len(values) - 1))
+            if values[i].request_id and draw(st.booleans()):
+                values[i] = Value(values[i].request_id, values[i].payload + b"!")
+            ops.append(Accept(ballot, earlier.first_slot, tuple(values), draw(uptos)))
     return ops
 
 
