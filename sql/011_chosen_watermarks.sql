@@ -177,9 +177,13 @@ BEGIN
     END IF;
     v_last := p_first_slot + cardinality(p_request_ids) - 1;
     -- A watermark of this ballot must not cover a slot of the batch (see the header): the
-    -- slots it covers from the batch on get their flag, and it drops below the batch.
+    -- slots it covers from the batch on get their flag, and it drops below the batch. Unless
+    -- this accept's own mark reaches it: then every slot it covered is covered again after the
+    -- batch is stored, and so is every slot of the batch up to p_commit_upto, which the model
+    -- marks too (a leader's retransmissions and the values a thrifty leader sends the third
+    -- node at a heartbeat carry its commit index).
     IF (v_mround, v_mproposer) = (p_round, p_proposer) THEN
-        IF v_mupto >= p_first_slot THEN
+        IF v_mupto >= p_first_slot AND p_commit_upto < v_mupto THEN
             IF p_first_slot <= v_accepted THEN
                 UPDATE replicate.log l SET chosen = true
                  WHERE l.slot >= p_first_slot AND l.slot <= v_mupto AND NOT l.chosen
@@ -190,7 +194,7 @@ BEGIN
     ELSE
         SELECT m.upto INTO v_upto FROM replicate.marks m
          WHERE m.ballot_round = p_round AND m.ballot_proposer = p_proposer;
-        IF v_upto >= p_first_slot THEN
+        IF v_upto >= p_first_slot AND p_commit_upto < v_upto THEN
             IF p_first_slot <= v_accepted THEN
                 UPDATE replicate.log l SET chosen = true
                  WHERE l.slot >= p_first_slot AND l.slot <= v_upto AND NOT l.chosen

@@ -380,6 +380,11 @@ def test_a_mark_writes_no_log_row_and_reads_only_what_it_changes(
     assert call(conn, Accept(b, 100005, (Value("n4", b"v"),), 0)).ballot == b
     assert unmarked() == [] and flagged() == last - 100005 + 1
     assert conn.execute("SELECT marked_upto FROM replicate.acceptor").fetchone() == (100004,)
+    # One whose own mark reaches the watermark (a leader's retransmission, the values a
+    # thrifty leader sends the third node) flags nothing beyond the slot it stores.
+    assert call(conn, Accept(b, 100003, (Value("n2", b"v"),), last)).ballot == b
+    assert unmarked() == [] and flagged() == last - 100005 + 2
+    assert conn.execute("SELECT marked_upto FROM replicate.acceptor").fetchone() == (last,)
     # ... and a value accepted under another ballot, different from the marked one, is not
     assert call(conn, Accept(Ballot(2, 1), 100006, (Value("x", b"v"),), 0)).ballot \
         == Ballot(2, 1)
