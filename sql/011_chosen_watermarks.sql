@@ -48,6 +48,17 @@ SELECT l.slot, l.ballot_round, l.ballot_proposer, l.request_id, l.payload,
        AS chosen
   FROM replicate.log l;
 
+-- Raise ballot (p_round, p_proposer)'s watermark in replicate.marks to p_upto (never lower it).
+CREATE OR REPLACE FUNCTION replicate.save_mark(p_round bigint, p_proposer integer,
+                                               p_upto bigint)
+RETURNS void
+LANGUAGE sql
+AS $fn$
+    INSERT INTO replicate.marks AS m VALUES (p_round, p_proposer, p_upto)
+    ON CONFLICT (ballot_round, ballot_proposer)
+       DO UPDATE SET upto = greatest(m.upto, EXCLUDED.upto);
+$fn$;
+
 -- Record the mark (p_round, p_proposer, p_upto): the acceptor row keeps the highest ballot's
 -- watermark, replicate.marks the others'. The caller holds the acceptor row (FOR UPDATE).
 CREATE OR REPLACE FUNCTION replicate.mark_chosen(p_round bigint, p_proposer integer,
@@ -72,17 +83,13 @@ BEGIN
     ELSIF v_round IS NULL OR (p_round, p_proposer) > (v_round, v_proposer) THEN
         -- a higher ballot: it was never marked here; the old watermark keeps its slots
         IF v_round IS NOT NULL THEN
-            INSERT INTO replicate.marks AS m VALUES (v_round, v_proposer, v_upto)
-            ON CONFLICT (ballot_round, ballot_proposer)
-               DO UPDATE SET upto = greatest(m.upto, EXCLUDED.upto);
+            PERFORM replicate.save_mark(v_round, v_proposer, v_upto);
         END IF;
         UPDATE replicate.acceptor a
            SET marked_round = p_round, marked_proposer = p_proposer, marked_upto = p_upto
          WHERE a.id;
     ELSE
-        INSERT INTO replicate.marks AS m VALUES (p_round, p_proposer, p_upto)
-        ON CONFLICT (ballot_round, ballot_proposer)
-           DO UPDATE SET upto = greatest(m.upto, EXCLUDED.upto);
+        PERFORM replicate.save_mark(p_round, p_proposer, p_upto);
     END IF;
 END
 $fn$;
@@ -240,17 +247,13 @@ BEGIN
             v_mupto := greatest(v_mupto, p_commit_upto);
         ELSIF v_mround IS NULL OR (p_round, p_proposer) > (v_mround, v_mproposer) THEN
             IF v_mround IS NOT NULL THEN
-                INSERT INTO replicate.marks AS m VALUES (v_mround, v_mproposer, v_mupto)
-                ON CONFLICT (ballot_round, ballot_proposer)
-                   DO UPDATE SET upto = greatest(m.upto, EXCLUDED.upto);
+                PERFORM replicate.save_mark(v_mround, v_mproposer, v_mupto);
             END IF;
             v_mround := p_round;
             v_mproposer := p_proposer;
             v_mupto := p_commit_upto;
         ELSE
-            INSERT INTO replicate.marks AS m VALUES (p_round, p_proposer, p_commit_upto)
-            ON CONFLICT (ballot_round, ballot_proposer)
-               DO UPDATE SET upto = greatest(m.upto, EXCLUDED.upto);
+            PERFORM replicate.save_mark(p_round, p_proposer, p_commit_upto);
         END IF;
     END IF;
     UPDATE replicate.acceptor a

@@ -16,7 +16,7 @@ TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "re
           "registered_tables", "members", "sequence_state", "check_results",
           "check_rows", "marks"}
 FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard", "apply_begin",
-             "apply_finish", "track_sequences", "mark_chosen"}
+             "apply_finish", "track_sequences", "mark_chosen", "save_mark"}
 
 # Everything in schema replicate that an install could change: relations with their columns,
 # indexes, constraints, and function bodies.
