@@ -370,9 +370,10 @@ class Applier:
             conn = await self._pipeline_connection()
         except psycopg.Error as exc:
             raise LocalApplyError(f"cannot connect to the local node: {exc}") from None
-        # A request applied before is found by replicate.requests' primary key in apply_finish
-        # (unique_violation, deterministic: the careful path), not looked up here
-        # (sql/009_apply_begin_without_lookup.sql).
+        # A request applied before is found by the unique index on replicate.outcomes' request
+        # ids when apply_finish records the batch (unique_violation, deterministic: the careful
+        # path), not looked up here (sql/009_apply_begin_without_lookup.sql,
+        # sql/012_requests_in_outcomes.sql).
         queries = [_BEGIN, Query(
             "SELECT replicate.apply_begin($1, NULL, $2)",
             (pqconn.int8(entries[0].slot), pqconn.int4(self.apply_timeout_ms)),

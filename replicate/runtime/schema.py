@@ -37,7 +37,7 @@ from replicate.cluster.binaries import MIN_MAJOR
 from replicate.config import ClusterConfig, NodeConfig
 from replicate.errors import ReplicateError
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # pg_advisory_xact_lock key taken by every install: the bytes of "replicat" as a bigint.
 _LOCK_KEY = int.from_bytes(b"replicat", "big") & 0x7FFF_FFFF_FFFF_FFFF

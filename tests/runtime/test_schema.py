@@ -12,7 +12,7 @@ from replicate.errors import ReplicateError
 from replicate.runtime import schema
 from replicate.runtime.schema import SCHEMA_VERSION, SchemaError
 
-TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes", "requests",
+TABLES = {"meta", "acceptor", "log", "replica_state", "applied", "outcomes",
           "registered_tables", "members", "sequence_state", "check_results",
           "check_rows", "marks"}
 FUNCTIONS = {"prepare", "accept", "commit", "fetch", "save_round", "guard", "apply_begin",
@@ -172,6 +172,36 @@ def test_upgrade_to_version_9_keeps_every_chosen_mark(fresh_db: list[str]) -> No
         assert conn.execute(marked).fetchall() == [(1, True), (2, True), (3, True)]
         assert conn.execute("SELECT slot FROM replicate.log WHERE NOT chosen").fetchall() \
             == [(3,)]
+
+
+def test_upgrade_to_version_10_keeps_the_applied_request_ids(fresh_db: list[str]) -> None:
+    # A version 9 node: request ids in a table of their own, next to the outcomes. Version 10
+    # (sql/012) makes them an index of the outcomes: the same rows read through the view
+    # replicate.requests, and a request applied before still fails the batch that repeats it.
+    with connect(fresh_db[0], autocommit=True) as conn:
+        schema.install(conn)
+        conn.execute("DROP VIEW replicate.requests")
+        conn.execute("DROP INDEX replicate.outcomes_request")
+        conn.execute("CREATE TABLE replicate.requests (request_id text PRIMARY KEY, "
+                     "slot bigint NOT NULL)")
+        for slot, rid, status in ((1, "a", "ok"), (2, "", "noop"), (3, "a", "duplicate"),
+                                  (4, "b", "error")):
+            conn.execute("INSERT INTO replicate.outcomes (slot, request_id, status) "
+                         "VALUES (%s, %s, %s)", (slot, rid, status))
+        conn.execute("INSERT INTO replicate.requests VALUES ('a', 1), ('b', 4)")
+        conn.execute("UPDATE replicate.meta SET value = '9' WHERE key = 'schema_version'")
+        assert schema.install(conn) == SCHEMA_VERSION
+        assert conn.execute("SELECT request_id, slot FROM replicate.requests ORDER BY slot"
+                            ).fetchall() == [("a", 1), ("b", 4)]
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            conn.execute("SELECT replicate.apply_finish(5, ARRAY[5]::bigint[], ARRAY['b'], "
+                          "ARRAY['ok'], ARRAY['INSERT 0 1'], ARRAY[1]::bigint[], ARRAY[NULL], "
+                          "ARRAY[NULL], ARRAY[NULL], ARRAY[NULL], ARRAY[NULL]::bytea[])")
+        # a lookup by request id can read the index (the table here is too small to prefer it)
+        conn.execute("SET enable_seqscan = off")
+        plan = "\n".join(r[0] for r in conn.execute(
+            "EXPLAIN SELECT slot FROM replicate.requests WHERE request_id = ANY('{a,b}')"))
+        assert "outcomes_request" in plan, plan
 
 
 def test_concurrent_installs_all_succeed(fresh_db: list[str]) -> None:
