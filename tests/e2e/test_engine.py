@@ -361,14 +361,14 @@ def test_retried_request_id_applies_once(make_cluster) -> None:
         return first, again
 
     first, again = asyncio.run(run())
-    assert first.status.value == "ok" and first.rows == ((b"once",),)
+    assert first.status.value == "ok" and first.rows == ((b"once",),), first
     # Either the retry found the first application (same slot) or a later slot held a copy
     # that the applier recognised and did not run.
     assert (again.status.value == "ok" and again.slot == first.slot) \
-        or again.status.value == "duplicate"
-    assert again.command_tag == "INSERT 0 1" and again.ok
+        or again.status.value == "duplicate", (first, again)
+    assert again.command_tag == "INSERT 0 1" and again.ok, (first, again)
     _, keys = wait_converged(cluster)
-    assert keys == ["once"]
+    assert keys == ["once"], keys
 
 
 def test_register_table_switches_every_node_at_one_slot(make_cluster) -> None:
