@@ -188,25 +188,23 @@ BEGIN
     -- this accept's own mark reaches it: then every slot it covered is covered again after the
     -- batch is stored, and so is every slot of the batch up to p_commit_upto, which the model
     -- marks too (a leader's retransmissions and the values a thrifty leader sends the third
-    -- node at a heartbeat carry its commit index).
+    -- node at a heartbeat carry its commit index). The watermark is the acceptor row's when
+    -- the ballot is the one it remembers, else replicate.marks'.
     IF (v_mround, v_mproposer) = (p_round, p_proposer) THEN
-        IF v_mupto >= p_first_slot AND p_commit_upto < v_mupto THEN
-            IF p_first_slot <= v_accepted THEN
-                UPDATE replicate.log l SET chosen = true
-                 WHERE l.slot >= p_first_slot AND l.slot <= v_mupto AND NOT l.chosen
-                   AND l.ballot_round = p_round AND l.ballot_proposer = p_proposer;
-            END IF;
-            v_mupto := p_first_slot - 1;
-        END IF;
+        v_upto := v_mupto;
     ELSE
         SELECT m.upto INTO v_upto FROM replicate.marks m
          WHERE m.ballot_round = p_round AND m.ballot_proposer = p_proposer;
-        IF v_upto >= p_first_slot AND p_commit_upto < v_upto THEN
-            IF p_first_slot <= v_accepted THEN
-                UPDATE replicate.log l SET chosen = true
-                 WHERE l.slot >= p_first_slot AND l.slot <= v_upto AND NOT l.chosen
-                   AND l.ballot_round = p_round AND l.ballot_proposer = p_proposer;
-            END IF;
+    END IF;
+    IF v_upto >= p_first_slot AND p_commit_upto < v_upto THEN
+        IF p_first_slot <= v_accepted THEN
+            UPDATE replicate.log l SET chosen = true
+             WHERE l.slot >= p_first_slot AND l.slot <= v_upto AND NOT l.chosen
+               AND l.ballot_round = p_round AND l.ballot_proposer = p_proposer;
+        END IF;
+        IF (v_mround, v_mproposer) = (p_round, p_proposer) THEN
+            v_mupto := p_first_slot - 1;
+        ELSE
             UPDATE replicate.marks m SET upto = p_first_slot - 1
              WHERE m.ballot_round = p_round AND m.ballot_proposer = p_proposer;
         END IF;
