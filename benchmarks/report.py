@@ -37,6 +37,22 @@ def memory_row(c: dict) -> tuple[str, ...]:
             _per(c.get("proxy_rss_mb"), 1))
 
 
+FLOOR_COLUMNS = ("workload", "mode", "clients", "direct tps", "floor tps", "floor x",
+                 "floor p50 ms", "floor p50 x", "replicated tps", "share of floor")
+
+
+def floor_rows(data: dict) -> list[tuple[str, ...]]:
+    """The W2 cells with a floor (benchmarks/floor.py), formatted (stdout and Markdown)."""
+    return [(c["workload"], c["mode"], str(c["clients"]), _f(c["direct_tps"], 0),
+             _f(c["floor_tps"], 0), _f(c["floor_tps_ratio"], 3), _f(c["floor_p50_ms"], 2),
+             _f(c["floor_p50_ratio"], 1), _f(c["proxied_tps"], 0), _f(c["share_of_floor"], 2))
+            for c in data["comparisons"] if c.get("floor_tps") is not None]
+
+
+def _reachable(t: dict) -> str:
+    return {True: "yes", False: "no", None: "n/a"}[t.get("reachable_here")]
+
+
 def _rss_line(meta: dict) -> str:
     start, peak = meta.get("proxy_rss_mb_at_start") or {}, meta.get("proxy_peak_rss_mb") or {}
     if not peak:
@@ -82,13 +98,23 @@ def print_report(data: dict, console: Console | None = None) -> None:
     if line := _rss_line(meta):
         console.print(line)
 
+    if rows := floor_rows(data):
+        floor = Table(title="the floor: the design's database work alone on the three nodes "
+                            "(no proxies, no consensus; benchmarks/floor.py)")
+        for i, name in enumerate(FLOOR_COLUMNS):
+            floor.add_column(name, justify="left" if i < 2 else "right")  # type: ignore[arg-type]
+        for row in rows:
+            floor.add_row(*row)
+        console.print(floor)
+
     targets = Table(title="issue 8 targets")
-    for name in ("target", "mode", "clients", "value", "goal", "met"):
+    for name in ("target", "mode", "clients", "value", "goal", "met", "floor",
+                 "goal within floor"):
         targets.add_column(name)
     for t in data["targets"]:
         met = {True: "[green]yes[/]", False: "[red]no[/]", None: "n/a"}[t["met"]]
         targets.add_row(t["target"], t["mode"], str(t["clients"]), _f(t["value"], 2),
-                        t["goal"], met)
+                        t["goal"], met, _f(t.get("floor"), 2), _reachable(t))
     if data["targets"]:
         console.print(targets)
     check = data.get("check") or {}
@@ -114,14 +140,15 @@ def write_chart(data: dict, path: Path) -> Path | None:
     for ax, mode in zip(axes[0], modes):
         rows = [r for r in data["results"] if r["mode"] == mode]
         for key in dict.fromkeys(r["workload"] for r in rows):
-            for target, style in (("direct", "--"), ("proxied", "-")):
+            for target, style in (("direct", "--"), ("proxied", "-"), ("floor", ":")):
                 pts = sorted((r["clients"], r["tps"]) for r in rows
                              if r["workload"] == key and r["target"] == target)
                 if not pts:
                     continue
-                label = f"{key} {'direct' if target == 'direct' else 'replicated'}"
+                label = f"{key} " + {"direct": "direct", "proxied": "replicated",
+                                     "floor": "floor (the design's database work alone)"}[target]
                 ax.plot([p[0] for p in pts], [max(p[1], 0.1) for p in pts], style,
-                        marker="o" if target == "proxied" else "s",
+                        marker={"direct": "s", "proxied": "o", "floor": "^"}[target],
                         fillstyle="full" if target == "proxied" else "none",
                         color=colors.get(key, "black"), label=label)
         ax.set_title(f"pgbench -M {mode}")
@@ -172,11 +199,16 @@ def markdown(data: dict) -> str:
     lines += ["| " + " | ".join(memory_row(c)) + " |" for c in data["comparisons"]]
     if line := _rss_line(meta):
         lines += ["", line + "."]
-    lines += ["", "| target | mode | clients | now | goal | met |", "|---|---|--:|--:|--:|---|"]
+    if rows := floor_rows(data):
+        lines += ["", "| " + " | ".join(FLOOR_COLUMNS) + " |",
+                  "|---|---|" + "--:|" * (len(FLOOR_COLUMNS) - 2)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines += ["", "| target | mode | clients | now | goal | met | floor | goal within floor |",
+              "|---|---|--:|--:|--:|---|--:|---|"]
     for t in data["targets"]:
         met = {True: "yes", False: "**no**", None: "n/a"}[t["met"]]
         lines.append(f"| {t['target']} | {t['mode']} | {t['clients']} | {_f(t['value'], 3)} "
-                     f"| {t['goal']} | {met} |")
+                     f"| {t['goal']} | {met} | {_f(t.get('floor'), 3)} | {_reachable(t)} |")
     return "\n".join(lines) + "\n"
 
 

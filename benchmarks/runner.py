@@ -64,6 +64,7 @@ from pathlib import Path
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from benchmarks import floor
 from replicate.admin import add_table, cluster_status
 from replicate.cluster import LocalCluster, find_free_range
 from replicate.config import write_config
@@ -158,6 +159,7 @@ class Settings:
     out: Path
     quick: bool
     read_lease_ms: int | None = None  # None: the configuration's default
+    floor: bool = True  # measure the floor of the W2 cells (benchmarks/floor.py)
 
 
 # -- the machine -----------------------------------------------------------------
@@ -359,13 +361,15 @@ def wait_for_leader(cluster: LocalCluster, timeout: float = 30.0) -> str:
 
 
 def prepare(cluster: LocalCluster, rows: int) -> None:
-    """Tables on every node, the same rows everywhere, then register ``accounts``."""
+    """Tables on every node, the same rows everywhere, then register ``accounts``; the floor's
+    two tables (benchmarks/floor.py) stay unregistered."""
     for node in cluster.nodes:
         with psycopg.connect(node.dsn, autocommit=True) as conn:
-            for name in ("accounts", "accounts_direct"):
+            for name in ("accounts", "accounts_direct", "floor_accounts"):
                 conn.execute(TABLE_DDL.format(name=name))
                 conn.execute(PRELOAD.format(name=name, rows=rows))
                 conn.execute(f"VACUUM ANALYZE {name}")
+            conn.execute(floor.LOG_DDL)
     add_table(cluster.config, "accounts")
 
 
@@ -475,6 +479,7 @@ def build_comparisons(results: list[dict], node: str) -> list[dict]:
         d = index.get((group, r["mode"], r["clients"], "direct"))
         if d is None:
             continue
+        f = index.get((r["workload"], r["mode"], r["clients"], "floor"))
         out.append({
             "workload": r["workload"], "mode": r["mode"], "clients": r["clients"],
             "direct_tps": d["tps"], "proxied_tps": r["tps"],
@@ -497,7 +502,13 @@ def build_comparisons(results: list[dict], node: str) -> list[dict]:
             "db_bytes_ratio": ratio(worst(r["db_bytes_per_txn"]),
                                     d["db_bytes_per_txn"].get(node)),
             "proxy_rss_mb": r["proxy_rss_mb"],
-            "errors": d["errors"] + r["errors"],
+            # what the machine allows the design (benchmarks/floor.py); None if not measured
+            "floor_tps": f["tps"] if f else None,
+            "floor_tps_ratio": ratio(f["tps"], d["tps"]) if f else None,
+            "floor_p50_ms": f["p50_ms"] if f else None,
+            "floor_p50_ratio": ratio(f["p50_ms"], d["p50_ms"]) if f else None,
+            "share_of_floor": ratio(r["tps"], f["tps"]) if f else None,
+            "errors": d["errors"] + r["errors"] + (f["errors"] if f else []),
         })
     return out
 
@@ -520,9 +531,13 @@ def build_targets(comparisons: list[dict]) -> list[dict]:
                 continue
             value = c[metric]
             met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+            # the same metric for the floor: can the goal be met on this machine at all?
+            limit = c.get("floor_" + metric)
+            within = None if limit is None else (limit >= goal if op == ">=" else limit <= goal)
             out.append({"target": name, "workload": workload, "mode": c["mode"],
                         "clients": c["clients"], "metric": metric, "goal": f"{op} {goal}",
-                        "value": value, "met": met})
+                        "value": value, "met": met, "floor": limit,
+                        "reachable_here": within})
     return out
 
 
@@ -590,6 +605,20 @@ def run_benchmark(settings: Settings) -> dict:
             run.proxy_rss_kb = {k: v for k, v in after.proxy_rss_kb.items() if v is not None}
             return run
 
+        node_ports = [int(conninfo_to_dict(n.dsn)["port"]) for n in cluster.nodes]
+        entry_size = floor.payload_size(next(w for w in WORKLOADS if w.key == "W2")
+                                        .script_for("accounts", settings.rows).splitlines()[1])
+
+        def floor_run(mode: str, clients: int, direct_tps: float) -> Run:
+            """The floor of a W2 cell: about a third of what direct did in ``duration``."""
+            writes = max(floor.batch_size(clients), int(direct_tps * settings.duration * 0.35))
+            streams = floor.plan(clients, writes, settings.rows, entry_size)
+            fr = floor.run(node_ports, streams, clients=clients, mode=mode, workdir=log_dir,
+                           env=base_env, timeout=10 * settings.duration + 60,
+                           read_latencies=read_latencies)
+            return Run(tps=fr.tps, transactions=fr.writes, latencies_ms=fr.latencies_ms,
+                       error=fr.error)
+
         # Warm-up (not recorded): every script once, briefly, on both sides.
         for group in settings.groups:
             for target in cell_targets(group):
@@ -613,6 +642,14 @@ def run_benchmark(settings: Settings) -> dict:
                     print(f"[{done}/{total}] round {rnd + 1} {target.label:22} {mode:8} "
                           f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
                           file=sys.stderr, flush=True)
+                if group == "W2" and settings.floor:
+                    direct = runs[(group, mode, clients, "direct")][-1].tps
+                    run = floor_run(mode, clients, direct)
+                    runs.setdefault(("W2", mode, clients, "floor"), []).append(run)
+                    note = f" ERROR {run.error}" if run.error else ""
+                    print(f"[{done}/{total}] round {rnd + 1} {'W2 floor':22} {mode:8} "
+                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
+                          file=sys.stderr, flush=True)
 
         results = []
         for (key, mode, clients, kind), rs in runs.items():
@@ -620,8 +657,8 @@ def run_benchmark(settings: Settings) -> dict:
             results.append({
                 "workload": key, "target": kind, "mode": mode, "clients": clients,
                 "consistency": w.consistency if (w and kind == "proxied") else None,
-                "table": "accounts_direct" if (kind == "direct" and w and w.writes)
-                else "accounts",
+                "table": "floor_accounts" if kind == "floor" else "accounts_direct"
+                if (kind == "direct" and w and w.writes) else "accounts",
                 **aggregate(rs, names)})
         order = {k: i for i, k in enumerate(["W1", "W2", "W3", "W3-local", "W3-linearizable",
                                              "W4"])}
@@ -643,6 +680,7 @@ def run_benchmark(settings: Settings) -> dict:
                 "read_lease_ms": cluster.config.read_lease_ms,
                 "postgresql": server_version, "wal_sync_available": probe.wal_available,
                 "write_settle_s": WRITE_SETTLE_S,
+                "floor": settings.floor, "floor_payload_bytes": entry_size,
                 "proxy_rss_mb_at_start": rss_at_start,
                 "proxy_peak_rss_mb": peak_rss,
                 "machine": machine(),
@@ -662,6 +700,13 @@ def run_benchmark(settings: Settings) -> dict:
                     "proxy_rss_mb: each proxy's largest VmRSS after one of the configuration's "
                     "runs (sessions closed); proxy_rss_mb_at_start: before the warm-up; "
                     "proxy_peak_rss_mb: VmHWM at the end (with sessions open)",
+                    "floor (W2 only): the database work the design asks of the three nodes "
+                    "per write (a durable log row on two, the statement on all three, in "
+                    "batches of min(clients, 64)), done by pgbench on the nodes at once with "
+                    "no proxies, no consensus and no bookkeeping (benchmarks/floor.py); "
+                    "floor_* ratios are against the same direct run; a target's "
+                    "reachable_here says whether the floor itself meets the goal; "
+                    "share_of_floor: replicated tps / floor tps",
                 ],
             },
             "results": results,
@@ -695,6 +740,8 @@ def parse_args(argv: list[str] | None) -> Settings:
     p.add_argument("--read-lease-ms", type=int, dest="read_lease_ms",
                    help="the cluster's read_lease_ms (default: the configuration's, 500; "
                         "0 confirms every linearizable read with a round)")
+    p.add_argument("--no-floor", action="store_true", dest="no_floor",
+                   help="skip the floor runs of the W2 cells (benchmarks/floor.py)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
                                             "with --quick a directory under /tmp)")
     a = p.parse_args(argv)
@@ -720,7 +767,7 @@ def parse_args(argv: list[str] | None) -> Settings:
         rows=given(a.rows, 1000 if q else 10000), via=a.via,
         out=a.out or (Path(tempfile.gettempdir()) / "replicate-bench-quick" if q
                       else DEFAULT_OUT),
-        quick=q, read_lease_ms=a.read_lease_ms)
+        quick=q, read_lease_ms=a.read_lease_ms, floor=not a.no_floor)
     if settings.duration < 1 or settings.duration > 600:
         p.error("--duration must be between 1 and 600 seconds")
     if settings.rounds < 1 or settings.rows < 1 or not settings.clients:

@@ -65,6 +65,16 @@ def test_quick_benchmark_run() -> None:
             assert all(v is not None and v >= 0 for v in w2["wal_fpi_per_1k"].values()), w2
         assert "proxy RSS" in result.stdout and "WAL B/txn" in result.stdout
         assert {t["workload"] for t in data["targets"]} == {"W2", "W4"}
+        # the floor of the W2 cell: the design's database work alone (benchmarks/floor.py)
+        fl = next(r for r in data["results"] if r["target"] == "floor")
+        assert (fl["workload"], fl["table"]) == ("W2", "floor_accounts")
+        assert fl["tps"] > 0 and fl["p50_ms"] is not None and fl["errors"] == [], fl
+        w2c = comparisons["W2"]
+        assert w2c["floor_tps_ratio"] > 0 and w2c["share_of_floor"] > 0, w2c
+        assert all(t["floor"] is not None and t["reachable_here"] in (True, False)
+                   for t in data["targets"] if t["workload"] == "W2"), data["targets"]
+        assert comparisons["W4"]["floor_tps"] is None
+        assert "floor" in result.stdout and data["meta"]["floor_payload_bytes"] > 0
         assert data["check"]["exit_code"] == 0, data["check"]
         assert "W2" in result.stdout and "ratio" in result.stdout  # the table on stdout
         png = out / "bench.png"
