@@ -21,6 +21,13 @@ chosen move to the front of ``rank``: a slow or dead acceptor drops out of the m
 is sent to. A batch its majority does not accept is sent to the rest by the heartbeat's
 retransmit, as before.
 
+A leadership with ``hold_after`` > 0 *holds* its next batch after a batch of at least that many
+values became chosen with nothing left in flight: the clients of a busy leader send their next
+writes within moments, and one batch of many costs every node less than two batches (one
+Accept and fsync on two acceptors and one apply transaction on every node per batch). The hold
+ends at ``release`` (the proxy's timer: about a millisecond), at a tick, or as soon as a full
+batch is queued; a lone client's batches of one are never held.
+
 The request ids it proposed are remembered so that a retried request (a follower forwarding it
 again, a client retrying through this proxy) is not proposed twice while the first is in
 flight. Only the newest ``REMEMBERED_IDS`` are kept: a leader may lead for months, and a
@@ -109,7 +116,7 @@ class Leadership:
 
     def __init__(self, ballot: Ballot, n_acceptors: int, commit_upto: int, *,
                  window: int, max_batch: int, remembered_ids: int = REMEMBERED_IDS,
-                 thrifty: bool = False, own: int = 0) -> None:
+                 thrifty: bool = False, own: int = 0, hold_after: int = 0) -> None:
         if window < 1 or max_batch < 1 or remembered_ids < 1:
             raise ValueError("window, max_batch and remembered_ids must be >= 1")
         if not 0 <= own < n_acceptors:
@@ -140,6 +147,8 @@ class Leadership:
         self.held: dict[int, list[Batch]] = {}
         self.forwarded: dict[str, int] = {}
         self._until_probe = 0                   # thrifty batches before the next probe
+        self.hold_after = hold_after            # 0: never hold (see the module docstring)
+        self.holding = False                    # cut no batch short of max_batch until release
 
     # -- proposals
     def enqueue(self, value: Value, *, force: bool = False) -> bool:
@@ -169,6 +178,10 @@ class Leadership:
         """Cut new batches from the queue while the window has room."""
         out: list[Batch] = []
         q = self.queue
+        if self.holding:
+            if len(q) < self.max_batch:
+                return out
+            self.holding = False
         while q and self._in_flight < self.window:
             n = min(len(q), self.max_batch)
             batch = Batch(self.next_slot, tuple(q.popleft() for _ in range(n)))
@@ -177,6 +190,10 @@ class Leadership:
             self._in_flight += 1
             out.append(batch)
         return out
+
+    def release(self) -> None:
+        """End a hold: the next ``next_batches`` cuts whatever is queued."""
+        self.holding = False
 
     def targets(self, batch: Batch) -> list[int]:
         """The acceptors to send ``batch``'s Accept to now (in ``next_batches`` order). A
@@ -223,6 +240,9 @@ class Leadership:
             if not batch.chosen and self.is_chosen(batch):
                 batch.chosen = True
                 self._in_flight -= 1
+                if self.hold_after and not self._in_flight \
+                        and len(batch.values) >= self.hold_after:
+                    self.holding = True
                 self._advance_commit()
                 if self.thrifty:  # the majority that answered first goes first next time
                     acks = batch.acks

@@ -91,6 +91,10 @@ class Config:
     # leader: hold the Chosen for the followers until ``flush_chosen`` (the proxy's timer), the
     # heartbeat, or a value that follower forwarded: several batches in one message
     lazy_chosen: bool = False
+    # leader: after a batch of at least this many values is chosen with none in flight, hold
+    # the next one until ``release_accepts`` (the proxy's timer), the next tick or a full
+    # batch (proposer.py, "holds"); 0 never holds
+    hold_after: int = 0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -98,8 +102,8 @@ class Config:
         if min(self.heartbeat_ticks, self.election_ticks, self.window, self.max_batch,
                self.fetch_ticks, self.fetch_limit) < 1:
             raise ValueError("every Config parameter except early_apply must be >= 1")
-        if self.early_apply < 0:
-            raise ValueError("early_apply must be >= 0")
+        if self.early_apply < 0 or self.hold_after < 0:
+            raise ValueError("early_apply and hold_after must be >= 0")
         if self.election_ticks <= self.heartbeat_ticks:
             raise ValueError("election_ticks must exceed heartbeat_ticks")
 
@@ -180,6 +184,7 @@ class Replica:
     def tick(self) -> None:
         """One unit of time passed."""
         if self.role is Role.LEADER:
+            self.release_accepts()
             self._hb_elapsed += 1
             if self._hb_elapsed >= self.config.heartbeat_ticks:
                 self._hb_elapsed = 0
@@ -426,7 +431,8 @@ class Replica:
         self._leader_ballot = self.ballot
         lead = self.leadership_class(self.ballot, self.config.n, self._from_slot - 1,
                                      window=self.config.window, max_batch=self.config.max_batch,
-                                     thrifty=self.config.thrifty, own=self.id)
+                                     thrifty=self.config.thrifty, own=self.id,
+                                     hold_after=self.config.hold_after)
         recovered = self._recover(list(self._promises.values()), self._from_slot)
         for v in recovered:
             lead.enqueue(v, force=True)
@@ -504,6 +510,18 @@ class Replica:
                         waiting.add(src)
         for i in waiting:
             self.flush_chosen(i)
+
+    @property
+    def holds_accepts(self) -> bool:
+        """The leader holds its next batch (``Config.hold_after``)."""
+        return self.lead is not None and self.lead.holding
+
+    def release_accepts(self) -> None:
+        """Leader: end a hold and send what is queued."""
+        lead = self.lead
+        if lead is not None and lead.holding:
+            lead.release()
+            self._pump()
 
     @property
     def holds_chosen(self) -> bool:

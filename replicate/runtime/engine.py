@@ -92,6 +92,11 @@ class NotLeader(ReplicateError):
     sqlstate = "57P03"  # cannot_connect_now
 
 
+# The smallest chosen batch after which a leader holds its next one (EngineSettings.
+# accept_hold_s): several clients are writing at once. A lone client's writes are never held.
+HOLD_AFTER = 4
+
+
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
     tick_s: float = 0.05               # one core tick
@@ -106,6 +111,10 @@ class EngineSettings:
     # costs more than the batch's statements (docs/decisions.md, "Applying in fewer
     # transactions"). 0 applies at once.
     apply_linger_s: float = 0.01
+    # How long the leader may hold its next batch after a batch of HOLD_AFTER or more values
+    # was chosen: its clients send their next writes within moments, and one batch of many
+    # costs every node less than two (docs/decisions.md, "Accept holds"). 0 never holds.
+    accept_hold_s: float = 0.001
     node_probe_s: float = 1.0  # an idle apply loop reads the node's position this often
     # Chosen slots held in memory for the local node. While the node is down (or slower than
     # the cluster) the newer ones are dropped and fetched again from the acceptors when the
@@ -201,10 +210,13 @@ class Engine:
         # lazy_chosen: the leader sends the followers what became chosen at most every
         # apply_linger_s, as they apply it at most that often (docs/decisions.md, "Chosen
         # values for the followers, once per linger")
+        # hold_after: a busy leader holds its next batch up to accept_hold_s ("Accept holds")
         self.paxos_config = settings.paxos or PaxosConfig(
             n=self.n, window=1, max_batch=64, thrifty=True,
-            lazy_chosen=settings.apply_linger_s > 0)
+            lazy_chosen=settings.apply_linger_s > 0,
+            hold_after=HOLD_AFTER if settings.accept_hold_s > 0 else 0)
         self._flush_timer: asyncio.TimerHandle | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
         self._chosen_sent = [0] * self.n  # Chosen messages sent to each peer (status)
         self.boot = os.urandom(4).hex()
         self._seq = itertools.count(1)
@@ -313,8 +325,9 @@ class Engine:
         return (int(row[0]) if row else 0), (int(applied[0]) if applied else 0)
 
     async def stop(self) -> None:
-        if self._flush_timer is not None:
-            self._flush_timer.cancel()
+        for timer in (self._flush_timer, self._hold_timer):
+            if timer is not None:
+                timer.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -377,6 +390,9 @@ class Engine:
                         outcome = rep.propose(value)
                         if not fut.done():
                             fut.set_result(outcome)
+                    elif kind == "release":
+                        self._hold_timer = None
+                        rep.release_accepts()
                     elif kind == "flush":
                         if item is None:
                             self._flush_timer = None
@@ -388,6 +404,9 @@ class Engine:
                 kind, item = self._events.get_nowait()
             if rep.has_ready():
                 await self._perform_ready(rep)
+            if self._hold_timer is None and rep.holds_accepts:
+                self._hold_timer = asyncio.get_running_loop().call_later(
+                    self.settings.accept_hold_s, self._events.put_nowait, ("release", None))
             if self._flush_timer is None and rep.holds_chosen:
                 self._flush_timer = asyncio.get_running_loop().call_later(
                     self.settings.apply_linger_s, self._events.put_nowait, ("flush", None))

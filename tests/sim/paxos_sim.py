@@ -117,7 +117,7 @@ class Sim:
             n=self.n, window=r.choice((1, 2, 4, 8)), max_batch=r.choice((4, 16)),
             heartbeat_ticks=r.choice((2, 3, 5)), election_ticks=r.choice((8, 10, 20)))
         if as_proxies:  # the proxies' settings; the same seed's faults either way
-            self.config = replace(self.config, thrifty=True, lazy_chosen=True)
+            self.config = replace(self.config, thrifty=True, lazy_chosen=True, hold_after=2)
         self.fault_ticks = fault_ticks
         self.settle_ticks = settle_ticks
         self.n_requests = requests

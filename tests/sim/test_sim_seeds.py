@@ -21,8 +21,9 @@ START = int(os.environ.get("REPLICATE_SIM_SEED_START", "0"))
 @pytest.mark.parametrize("as_proxies", [False, True], ids=["plain", "as_proxies"])
 @pytest.mark.parametrize("seed", range(START, START + SEEDS), ids=lambda s: f"seed={s}")
 def test_random_run_keeps_invariants_and_settles(seed: int, as_proxies: bool) -> None:
-    """``as_proxies``: leaders send each Accept to a majority and hold the followers' Chosen
-    (``thrifty``, ``lazy_chosen``), as the proxies do."""
+    """``as_proxies``: leaders send each Accept to a majority, hold the followers' Chosen and
+    hold the next batch after a chosen one of two or more values until the next tick
+    (``thrifty``, ``lazy_chosen``, ``hold_after``), as the proxies do."""
     print(f"seed {seed}")
     try:
         sim = Sim(seed, as_proxies=as_proxies).run()
