@@ -1,4 +1,10 @@
-"""The floor of the write targets: what this machine allows replicate's design, measured.
+"""The floors of the targets: what this machine allows replicate's design, measured.
+
+**W4, the relay.** ``SELECT 1`` through ``socat`` (compiled, a process per connection, no
+parsing at all) to the same node: what a relay process between pgbench and PostgreSQL costs
+at the least (``relay_command``). Without socat on PATH the W4 floor is not measured.
+
+**W2, the writes.**
 
 A replicated write, whatever the code that carries it, asks the three nodes for this much work
 (DESIGN.md): a majority (two nodes) store its value durably before it counts as chosen, and
@@ -33,6 +39,7 @@ says how much of what is left is the implementation's.
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import threading
 import time
@@ -46,6 +53,16 @@ MAX_BATCH = 64         # the engine's max_batch (replicate/runtime/engine.py)
 LOG_DDL = "CREATE TABLE floor_log (slot bigserial PRIMARY KEY, ballot bigint NOT NULL, payload bytea NOT NULL)"
 UPSERT = ("INSERT INTO floor_accounts (id, owner, balance) VALUES (:id{i}, 'w2', 1) "
           "ON CONFLICT (id) DO UPDATE SET balance = floor_accounts.balance + 1;\n")
+
+
+def relay_command(listen_port: int, node_port: int) -> list[str] | None:
+    """socat relaying 127.0.0.1:``listen_port`` to the node, TCP_NODELAY both ways like the
+    proxy; None without socat."""
+    exe = shutil.which("socat")
+    if exe is None:
+        return None
+    return [exe, f"TCP-LISTEN:{listen_port},bind=127.0.0.1,fork,reuseaddr,nodelay",
+            f"TCP:127.0.0.1:{node_port},nodelay"]
 
 
 def payload_size(sql: str) -> int:

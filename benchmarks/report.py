@@ -42,7 +42,7 @@ FLOOR_COLUMNS = ("workload", "mode", "clients", "direct tps", "floor tps", "floo
 
 
 def floor_rows(data: dict) -> list[tuple[str, ...]]:
-    """The W2 cells with a floor (benchmarks/floor.py), formatted (stdout and Markdown)."""
+    """The cells with a floor (W2, W4: benchmarks/floor.py), formatted (stdout and Markdown)."""
     return [(c["workload"], c["mode"], str(c["clients"]), _f(c["direct_tps"], 0),
              _f(c["floor_tps"], 0), _f(c["floor_tps_ratio"], 3), _f(c["floor_p50_ms"], 2),
              _f(c["floor_p50_ratio"], 1), _f(c["proxied_tps"], 0), _f(c["share_of_floor"], 2))
@@ -99,8 +99,9 @@ def print_report(data: dict, console: Console | None = None) -> None:
         console.print(line)
 
     if rows := floor_rows(data):
-        floor = Table(title="the floor: the design's database work alone on the three nodes "
-                            "(no proxies, no consensus; benchmarks/floor.py)")
+        floor = Table(title="the floors (benchmarks/floor.py): W2 the design's database work "
+                            "alone on the three nodes, no proxies, no consensus; W4 SELECT 1 "
+                            "through socat")
         for i, name in enumerate(FLOOR_COLUMNS):
             floor.add_column(name, justify="left" if i < 2 else "right")  # type: ignore[arg-type]
         for row in rows:

@@ -389,6 +389,22 @@ def wait_writable(host: str, port: int, timeout: float = 30.0) -> None:
             time.sleep(0.3)
 
 
+def wait_writable_relay(port: int, timeout: float = 10.0) -> None:
+    """Until a connection through the floor's relay reaches the node."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with psycopg.connect(host="127.0.0.1", port=port, user="postgres",
+                                 dbname="postgres", connect_timeout=5) as conn:
+                conn.execute("SELECT 1")
+                return
+        except psycopg.Error as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the relay at 127.0.0.1:{port} does not reach the node: "
+                                   f"{exc}") from None
+            time.sleep(0.1)
+
+
 def run_check(cluster: LocalCluster) -> dict:
     """``replicate check``: do the nodes hold the same rows after the run?"""
     exe = Path(sys.executable).parent / "replicate"
@@ -551,6 +567,7 @@ def run_benchmark(settings: Settings) -> dict:
     scripts_dir.mkdir()
     cluster: LocalCluster | None = None
     probe: Probe | None = None
+    relay: subprocess.Popen | None = None
     try:
         start = random.Random(os.getpid() ^ uuid.uuid4().int).randrange(20000, 60000)
         cluster = LocalCluster.create(scratch / "cluster", nodes=3,
@@ -578,7 +595,7 @@ def run_benchmark(settings: Settings) -> dict:
         scripts: dict[tuple[str, str], Path] = {}
         for w in WORKLOADS:
             for kind, table in (("direct", "accounts_direct" if w.writes else "accounts"),
-                                ("proxied", "accounts")):
+                                ("proxied", "accounts"), ("floor", "accounts")):
                 path = scripts_dir / f"{w.key}-{kind}.sql"
                 path.write_text(w.script_for(table, settings.rows))
                 scripts[(w.key, kind)] = path
@@ -590,7 +607,7 @@ def run_benchmark(settings: Settings) -> dict:
             env = dict(base_env)
             if target.kind == "proxied" and target.workload.consistency:
                 env["PGOPTIONS"] = f"-c replicate.read_consistency={target.workload.consistency}"
-            port = proxy_port if target.kind == "proxied" else node_port
+            port = {"proxied": proxy_port, "floor": relay_port}.get(target.kind, node_port)
             before = probe.sample()  # type: ignore[union-attr]
             run = pgbench(port, scripts[(target.workload.key, target.kind)], clients=clients,
                           mode=mode, duration=duration, log_dir=log_dir, env=env)
@@ -606,6 +623,17 @@ def run_benchmark(settings: Settings) -> dict:
             return run
 
         node_ports = [int(conninfo_to_dict(n.dsn)["port"]) for n in cluster.nodes]
+        # W4's floor: the same SELECT 1 through socat to the same node (benchmarks/floor.py)
+        relay_port = None
+        if settings.floor and "W4" in settings.groups:
+            relay_port = find_free_range(1, start=proxy_port + 100)
+            cmd = floor.relay_command(relay_port, node_port)
+            if cmd is None:
+                relay_port = None
+            else:
+                relay = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+                wait_writable_relay(relay_port)
         entry_size = floor.payload_size(next(w for w in WORKLOADS if w.key == "W2")
                                         .script_for("accounts", settings.rows).splitlines()[1])
 
@@ -642,6 +670,14 @@ def run_benchmark(settings: Settings) -> dict:
                     print(f"[{done}/{total}] round {rnd + 1} {target.label:22} {mode:8} "
                           f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
                           file=sys.stderr, flush=True)
+                if group == "W4" and relay_port is not None:
+                    run = one(Target("floor", cell_targets(group)[0].workload, group), mode,
+                              clients, settings.duration)
+                    runs.setdefault(("W4", mode, clients, "floor"), []).append(run)
+                    note = f" ERROR {run.error}" if run.error else ""
+                    print(f"[{done}/{total}] round {rnd + 1} {'W4 floor (socat)':22} {mode:8} "
+                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
+                          file=sys.stderr, flush=True)
                 if group == "W2" and settings.floor:
                     direct = runs[(group, mode, clients, "direct")][-1].tps
                     run = floor_run(mode, clients, direct)
@@ -657,7 +693,7 @@ def run_benchmark(settings: Settings) -> dict:
             results.append({
                 "workload": key, "target": kind, "mode": mode, "clients": clients,
                 "consistency": w.consistency if (w and kind == "proxied") else None,
-                "table": "floor_accounts" if kind == "floor" else "accounts_direct"
+                "table": "floor_accounts" if (kind, key) == ("floor", "W2") else "accounts_direct"
                 if (kind == "direct" and w and w.writes) else "accounts",
                 **aggregate(rs, names)})
         order = {k: i for i, k in enumerate(["W1", "W2", "W3", "W3-local", "W3-linearizable",
@@ -681,6 +717,7 @@ def run_benchmark(settings: Settings) -> dict:
                 "postgresql": server_version, "wal_sync_available": probe.wal_available,
                 "write_settle_s": WRITE_SETTLE_S,
                 "floor": settings.floor, "floor_payload_bytes": entry_size,
+                "floor_relay": "socat" if relay_port is not None else None,
                 "proxy_rss_mb_at_start": rss_at_start,
                 "proxy_peak_rss_mb": peak_rss,
                 "machine": machine(),
@@ -700,7 +737,9 @@ def run_benchmark(settings: Settings) -> dict:
                     "proxy_rss_mb: each proxy's largest VmRSS after one of the configuration's "
                     "runs (sessions closed); proxy_rss_mb_at_start: before the warm-up; "
                     "proxy_peak_rss_mb: VmHWM at the end (with sessions open)",
-                    "floor (W2 only): the database work the design asks of the three nodes "
+                    "floor of W4: SELECT 1 through socat to the same node, the least a relay "
+                    "process adds (not measured without socat); "
+                    "floor of W2: the database work the design asks of the three nodes "
                     "per write (a durable log row on two, the statement on all three, in "
                     "batches of min(clients, 64)), done by pgbench on the nodes at once with "
                     "no proxies, no consensus and no bookkeeping (benchmarks/floor.py); "
@@ -715,6 +754,12 @@ def run_benchmark(settings: Settings) -> dict:
             "check": check,
         }
     finally:
+        if relay is not None:
+            relay.terminate()
+            try:
+                relay.wait(10)
+            except subprocess.TimeoutExpired:
+                relay.kill()
         if probe is not None:
             probe.close()
         if cluster is not None:

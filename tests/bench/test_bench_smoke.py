@@ -73,7 +73,15 @@ def test_quick_benchmark_run() -> None:
         assert w2c["floor_tps_ratio"] > 0 and w2c["share_of_floor"] > 0, w2c
         assert all(t["floor"] is not None and t["reachable_here"] in (True, False)
                    for t in data["targets"] if t["workload"] == "W2"), data["targets"]
-        assert comparisons["W4"]["floor_tps"] is None
+        # W4's floor: SELECT 1 through socat, when the machine has socat
+        w4c = comparisons["W4"]
+        if shutil.which("socat"):
+            assert data["meta"]["floor_relay"] == "socat"
+            assert w4c["floor_tps"] > 0 and w4c["floor_p50_ms"] is not None, w4c
+            (t4,) = [t for t in data["targets"] if t["workload"] == "W4"]
+            assert t4["floor"] == w4c["floor_tps_ratio"] and t4["reachable_here"] in (True, False)
+        else:
+            assert data["meta"]["floor_relay"] is None and w4c["floor_tps"] is None
         assert "floor" in result.stdout and data["meta"]["floor_payload_bytes"] > 0
         assert data["check"]["exit_code"] == 0, data["check"]
         assert "W2" in result.stdout and "ratio" in result.stdout  # the table on stdout

@@ -97,3 +97,13 @@ def test_floor_run_does_the_designs_work_on_every_node(fresh_db, tmp_path: Path,
                 "SELECT (sum(balance) - 20 * 100)::int FROM floor_accounts").fetchone()
         assert added == 30, (i, added)                          # every node applied every write
         assert (stored, size) == ((30, 25) if i < 2 else (0, None)), i  # a majority stored it
+
+
+def test_the_relay_floor_is_socat_with_nodelay_or_nothing(monkeypatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert floor.relay_command(7001, 5432) is None
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}")
+    cmd = floor.relay_command(7001, 5432)
+    assert cmd[0] == "/usr/bin/socat"
+    assert cmd[1].startswith("TCP-LISTEN:7001,bind=127.0.0.1,") and "fork" in cmd[1]
+    assert cmd[2] == "TCP:127.0.0.1:5432,nodelay" and "nodelay" in cmd[1]
