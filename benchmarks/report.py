@@ -147,7 +147,8 @@ def write_chart(data: dict, path: Path) -> Path | None:
                 if not pts:
                     continue
                 label = f"{key} " + {"direct": "direct", "proxied": "replicated",
-                                     "floor": "floor (the design's database work alone)"}[target]
+                                     "floor": "floor (socat)" if key == "W4" else
+                                     "floor (the design's database work alone)"}[target]
                 ax.plot([p[0] for p in pts], [max(p[1], 0.1) for p in pts], style,
                         marker={"direct": "s", "proxied": "o", "floor": "^"}[target],
                         fillstyle="full" if target == "proxied" else "none",
