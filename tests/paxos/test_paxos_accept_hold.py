@@ -3,23 +3,14 @@ flight, the next batch waits for ``release_accepts``, a tick, or a full batch.""
 
 from __future__ import annotations
 
-import random
+from leaders import elected
 
-from replicate.paxos import (
-    Accept, Accepted, Config, Envelope, Promise, Replica, Role, Value, acceptor_addr,
-)
+from replicate.paxos import Accept, Accepted, Config, Envelope, Replica, Value, acceptor_addr
 
 
 def leader(hold_after: int = 3, max_batch: int = 8) -> Replica:
-    r = Replica(0, Config(n=3, election_ticks=10, heartbeat_ticks=3, window=1,
-                          max_batch=max_batch, hold_after=hold_after), random.Random(7))
-    r.campaign()
-    r.advance(r.ready())
-    for j in range(2):
-        r.step(Envelope(acceptor_addr(j), r.addr, Promise(r.ballot, 1, ())))
-    r.advance(r.ready())
-    assert r.role is Role.LEADER
-    return r
+    return elected(Config(n=3, election_ticks=10, heartbeat_ticks=3, window=1,
+                          max_batch=max_batch, hold_after=hold_after))
 
 
 def accepts(r: Replica) -> list[Accept]:

@@ -3,25 +3,18 @@ value the follower forwarded; several batches in one message."""
 
 from __future__ import annotations
 
-import random
+from leaders import elected
 
 from replicate.paxos import (
-    Accept, Accepted, Chosen, Committed, Config, Envelope, Forward, Heartbeat, Promise, Replica, Role, Value,
+    Accept, Accepted, Chosen, Committed, Config, Envelope, Forward, Heartbeat, Replica, Value,
     acceptor_addr, replica_addr,
 )
 from replicate.paxos.proposer import LAZY_VALUES
 
 
 def leader(lazy: bool = True) -> Replica:
-    r = Replica(0, Config(n=3, election_ticks=10, heartbeat_ticks=3, window=10**6, max_batch=1,
-                          lazy_chosen=lazy), random.Random(7))
-    r.campaign()
-    r.advance(r.ready())
-    for j in range(2):
-        r.step(Envelope(acceptor_addr(j), r.addr, Promise(r.ballot, 1, ())))
-    r.advance(r.ready())
-    assert r.role is Role.LEADER
-    return r
+    return elected(Config(n=3, election_ticks=10, heartbeat_ticks=3, window=10**6, max_batch=1,
+                          lazy_chosen=lazy))
 
 
 def sent(r: Replica) -> list[Envelope]:

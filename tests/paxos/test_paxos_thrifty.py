@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import random
+from leaders import elected
 
 from replicate.paxos import (
-    Accept, Accepted, Ballot, Commit, Config, Envelope, Promise, Replica, Role, Value,
-    acceptor_addr,
+    Accept, Accepted, Ballot, Commit, Config, Envelope, Replica, Value, acceptor_addr,
 )
 from replicate.paxos.proposer import LAZY_VALUES, PROBE_EVERY, Batch, Leadership
 
@@ -14,15 +13,8 @@ B1 = Ballot(1, 0)
 
 
 def leader(thrifty: bool = True, n: int = 3) -> Replica:
-    r = Replica(0, Config(n=n, election_ticks=10, heartbeat_ticks=3, window=64, max_batch=1,
-                          thrifty=thrifty), random.Random(7))
-    r.campaign()
-    r.advance(r.ready())
-    for j in range(n // 2 + 1):
-        r.step(Envelope(acceptor_addr(j), r.addr, Promise(r.ballot, 1, ())))
-    r.advance(r.ready())
-    assert r.role is Role.LEADER
-    return r
+    return elected(Config(n=n, election_ticks=10, heartbeat_ticks=3, window=64, max_batch=1,
+                          thrifty=thrifty))
 
 
 def sent(r: Replica) -> tuple[dict[int, list[Accept]], set[int]]:
