@@ -159,7 +159,7 @@ class Settings:
     out: Path
     quick: bool
     read_lease_ms: int | None = None  # None: the configuration's default
-    floor: bool = True  # measure the floor of the W2 cells (benchmarks/floor.py)
+    floor: bool = True  # measure the floors of the W2 and W4 cells (benchmarks/floor.py)
 
 
 # -- the machine -----------------------------------------------------------------
@@ -663,29 +663,24 @@ def run_benchmark(settings: Settings) -> dict:
                 if rnd % 2:
                     targets.reverse()
                 done += 1
+
+                def keep(key: str, kind: str, label: str, run: Run) -> None:
+                    runs.setdefault((key, mode, clients, kind), []).append(run)
+                    note = f" ERROR {run.error}" if run.error else ""
+                    print(f"[{done}/{total}] round {rnd + 1} {label:22} {mode:8} "
+                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
+                          file=sys.stderr, flush=True)
+
                 for target in targets:
-                    run = one(target, mode, clients, settings.duration)
-                    runs.setdefault((target.key, mode, clients, target.kind), []).append(run)
-                    note = f" ERROR {run.error}" if run.error else ""
-                    print(f"[{done}/{total}] round {rnd + 1} {target.label:22} {mode:8} "
-                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
-                          file=sys.stderr, flush=True)
+                    keep(target.key, target.kind, target.label,
+                         one(target, mode, clients, settings.duration))
                 if group == "W4" and relay_port is not None:
-                    run = one(Target("floor", cell_targets(group)[0].workload, group), mode,
-                              clients, settings.duration)
-                    runs.setdefault(("W4", mode, clients, "floor"), []).append(run)
-                    note = f" ERROR {run.error}" if run.error else ""
-                    print(f"[{done}/{total}] round {rnd + 1} {'W4 floor (socat)':22} {mode:8} "
-                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
-                          file=sys.stderr, flush=True)
+                    relayed = Target("floor", cell_targets(group)[0].workload, group)
+                    keep("W4", "floor", "W4 floor (socat)",
+                         one(relayed, mode, clients, settings.duration))
                 if group == "W2" and settings.floor:
                     direct = runs[(group, mode, clients, "direct")][-1].tps
-                    run = floor_run(mode, clients, direct)
-                    runs.setdefault(("W2", mode, clients, "floor"), []).append(run)
-                    note = f" ERROR {run.error}" if run.error else ""
-                    print(f"[{done}/{total}] round {rnd + 1} {'W2 floor':22} {mode:8} "
-                          f"{clients:>2} clients: {run.tps:9.1f} tps{note}",
-                          file=sys.stderr, flush=True)
+                    keep("W2", "floor", "W2 floor", floor_run(mode, clients, direct))
 
         results = []
         for (key, mode, clients, kind), rs in runs.items():
@@ -786,7 +781,7 @@ def parse_args(argv: list[str] | None) -> Settings:
                    help="the cluster's read_lease_ms (default: the configuration's, 500; "
                         "0 confirms every linearizable read with a round)")
     p.add_argument("--no-floor", action="store_true", dest="no_floor",
-                   help="skip the floor runs of the W2 cells (benchmarks/floor.py)")
+                   help="skip the floor runs of the W2 and W4 cells (benchmarks/floor.py)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
                                             "with --quick a directory under /tmp)")
     a = p.parse_args(argv)
