@@ -1,8 +1,10 @@
 """The floors of the targets: what this machine allows replicate's design, measured.
 
-**W4, the relay.** ``SELECT 1`` through ``socat`` (compiled, a process per connection, no
-parsing at all) to the same node: what a relay process between pgbench and PostgreSQL costs
-at the least (``relay_command``). Without socat on PATH the W4 floor is not measured.
+**W3 and W4, the relay.** The direct script (a SELECT by primary key, ``SELECT 1``) through
+``socat`` (compiled, a process per connection, no parsing at all) to the same node: what a
+relay process between pgbench and PostgreSQL costs at the least (``relay_command``). W3's
+floor serves both of its variants (local and linearizable reads). Without socat on PATH these
+floors are not measured.
 
 **W2, the writes.**
 

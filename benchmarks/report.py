@@ -42,7 +42,8 @@ FLOOR_COLUMNS = ("workload", "mode", "clients", "direct tps", "floor tps", "floo
 
 
 def floor_rows(data: dict) -> list[tuple[str, ...]]:
-    """The cells with a floor (W2, W4: benchmarks/floor.py), formatted (stdout and Markdown)."""
+    """The cells with a floor (W2, W3, W4: benchmarks/floor.py), formatted (stdout and
+    Markdown)."""
     return [(c["workload"], c["mode"], str(c["clients"]), _f(c["direct_tps"], 0),
              _f(c["floor_tps"], 0), _f(c["floor_tps_ratio"], 3), _f(c["floor_p50_ms"], 2),
              _f(c["floor_p50_ratio"], 1), _f(c["proxied_tps"], 0), _f(c["share_of_floor"], 2))
@@ -100,8 +101,8 @@ def print_report(data: dict, console: Console | None = None) -> None:
 
     if rows := floor_rows(data):
         floor = Table(title="the floors (benchmarks/floor.py): W2 the design's database work "
-                            "alone on the three nodes, no proxies, no consensus; W4 SELECT 1 "
-                            "through socat")
+                            "alone on the three nodes, no proxies, no consensus; W3 and W4 "
+                            "the direct script through socat")
         for i, name in enumerate(FLOOR_COLUMNS):
             floor.add_column(name, justify="left" if i < 2 else "right")  # type: ignore[arg-type]
         for row in rows:
@@ -147,7 +148,7 @@ def write_chart(data: dict, path: Path) -> Path | None:
                 if not pts:
                     continue
                 label = f"{key} " + {"direct": "direct", "proxied": "replicated",
-                                     "floor": "floor (socat)" if key == "W4" else
+                                     "floor": "floor (socat)" if key != "W2" else
                                      "floor (the design's database work alone)"}[target]
                 ax.plot([p[0] for p in pts], [max(p[1], 0.1) for p in pts], style,
                         marker={"direct": "s", "proxied": "o", "floor": "^"}[target],

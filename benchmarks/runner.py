@@ -159,7 +159,7 @@ class Settings:
     out: Path
     quick: bool
     read_lease_ms: int | None = None  # None: the configuration's default
-    floor: bool = True  # measure the floors of the W2 and W4 cells (benchmarks/floor.py)
+    floor: bool = True  # measure the floors of the W2, W3 and W4 cells (benchmarks/floor.py)
 
 
 # -- the machine -----------------------------------------------------------------
@@ -495,7 +495,9 @@ def build_comparisons(results: list[dict], node: str) -> list[dict]:
         d = index.get((group, r["mode"], r["clients"], "direct"))
         if d is None:
             continue
-        f = index.get((r["workload"], r["mode"], r["clients"], "floor"))
+        # W3's floor (the read through socat) serves both of its variants
+        f = index.get((r["workload"], r["mode"], r["clients"], "floor")) \
+            or index.get((group, r["mode"], r["clients"], "floor"))
         out.append({
             "workload": r["workload"], "mode": r["mode"], "clients": r["clients"],
             "direct_tps": d["tps"], "proxied_tps": r["tps"],
@@ -623,9 +625,10 @@ def run_benchmark(settings: Settings) -> dict:
             return run
 
         node_ports = [int(conninfo_to_dict(n.dsn)["port"]) for n in cluster.nodes]
-        # W4's floor: the same SELECT 1 through socat to the same node (benchmarks/floor.py)
+        # W3's and W4's floor: the same direct script through socat to the same node
+        # (benchmarks/floor.py)
         relay_port = None
-        if settings.floor and "W4" in settings.groups:
+        if settings.floor and {"W3", "W4"} & set(settings.groups):
             relay_port = find_free_range(1, start=proxy_port + 100)
             cmd = floor.relay_command(relay_port, node_port)
             if cmd is None:
@@ -674,9 +677,9 @@ def run_benchmark(settings: Settings) -> dict:
                 for target in targets:
                     keep(target.key, target.kind, target.label,
                          one(target, mode, clients, settings.duration))
-                if group == "W4" and relay_port is not None:
+                if group in ("W3", "W4") and relay_port is not None:
                     relayed = Target("floor", cell_targets(group)[0].workload, group)
-                    keep("W4", "floor", "W4 floor (socat)",
+                    keep(group, "floor", f"{group} floor (socat)",
                          one(relayed, mode, clients, settings.duration))
                 if group == "W2" and settings.floor:
                     direct = runs[(group, mode, clients, "direct")][-1].tps
@@ -732,8 +735,9 @@ def run_benchmark(settings: Settings) -> dict:
                     "proxy_rss_mb: each proxy's largest VmRSS after one of the configuration's "
                     "runs (sessions closed); proxy_rss_mb_at_start: before the warm-up; "
                     "proxy_peak_rss_mb: VmHWM at the end (with sessions open)",
-                    "floor of W4: SELECT 1 through socat to the same node, the least a relay "
-                    "process adds (not measured without socat); "
+                    "floor of W3 and W4: the direct script (SELECT by primary key, SELECT 1) "
+                    "through socat to the same node, the least a relay process adds (not "
+                    "measured without socat); "
                     "floor of W2: the database work the design asks of the three nodes "
                     "per write (a durable log row on two, the statement on all three, in "
                     "batches of min(clients, 64)), done by pgbench on the nodes at once with "
@@ -781,7 +785,7 @@ def parse_args(argv: list[str] | None) -> Settings:
                    help="the cluster's read_lease_ms (default: the configuration's, 500; "
                         "0 confirms every linearizable read with a round)")
     p.add_argument("--no-floor", action="store_true", dest="no_floor",
-                   help="skip the floor runs of the W2 and W4 cells (benchmarks/floor.py)")
+                   help="skip the floor runs of the W2, W3 and W4 cells (benchmarks/floor.py)")
     p.add_argument("--out", type=Path, help=f"output directory (default {DEFAULT_OUT}; "
                                             "with --quick a directory under /tmp)")
     a = p.parse_args(argv)

@@ -107,3 +107,18 @@ def test_the_relay_floor_is_socat_with_nodelay_or_nothing(monkeypatch) -> None:
     assert cmd[0] == "/usr/bin/socat"
     assert cmd[1].startswith("TCP-LISTEN:7001,bind=127.0.0.1,") and "fork" in cmd[1]
     assert cmd[2] == "TCP:127.0.0.1:5432,nodelay" and "nodelay" in cmd[1]
+
+
+def test_w3s_relay_floor_serves_both_of_its_read_variants() -> None:
+    def cell(workload: str, target: str, tps: float, p50: float) -> dict:
+        return {**_cell(target, tps, p50), "workload": workload, "clients": 8}
+
+    results = [cell("W3", "direct", 1000.0, 0.1), cell("W3", "floor", 400.0, 0.25),
+               cell("W3-local", "proxied", 500.0, 0.2),
+               cell("W3-linearizable", "proxied", 300.0, 0.3)]
+    comparisons = {c["workload"]: c for c in build_comparisons(results, "n1")}
+    assert {k: c["floor_tps_ratio"] for k, c in comparisons.items()} == {
+        "W3-local": 0.4, "W3-linearizable": 0.4}
+    assert comparisons["W3-local"]["share_of_floor"] == 1.25
+    (t,) = build_targets(list(comparisons.values()))  # W3 linearizable: p50 <= 2x
+    assert (t["workload"], t["floor"], t["reachable_here"]) == ("W3-linearizable", 2.5, False)
